@@ -1,0 +1,60 @@
+"""A pool of equal-size KV pages with O(1) allocate/free, shared by every model on a device.
+
+Pages carry no model-specific shape: each model decides how many of its tokens fit one page. The
+pool only counts who holds how many pages, so a quota can cap a model and a page freed by one model
+is usable by any other at once.
+"""
+
+from __future__ import annotations
+
+
+class BlockPool:
+    def __init__(self, num_blocks: int):
+        if num_blocks <= 0:
+            raise ValueError(f"a KV pool needs at least one block, got {num_blocks}")
+        self.num_blocks = num_blocks
+        # a stack: the most recently freed page is reused first, while it is still in cache
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._owner: list[str | None] = [None] * num_blocks
+        self.used_by: dict[str, int] = {}
+        self.quotas: dict[str, int] = {}
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def usage(self, owner: str | None = None) -> float:
+        used = self.num_used_blocks if owner is None else self.used_by.get(owner, 0)
+        return used / self.num_blocks
+
+    def headroom(self, owner: str) -> int:
+        """Pages `owner` may still take: the free pages, capped by what its quota leaves."""
+        quota = self.quotas.get(owner)
+        if quota is None:
+            return len(self._free)
+        return max(0, min(len(self._free), quota - self.used_by.get(owner, 0)))
+
+    def allocate(self, count: int, owner: str) -> list[int] | None:
+        """`count` pages for `owner`, or None (and nothing taken) when they are not available."""
+        if count > self.headroom(owner):
+            return None
+        blocks = [self._free.pop() for _ in range(count)]
+        for block in blocks:
+            self._owner[block] = owner
+        self.used_by[owner] = self.used_by.get(owner, 0) + count
+        return blocks
+
+    def free(self, blocks: list[int], owner: str) -> None:
+        for block in blocks:
+            if self._owner[block] != owner:
+                raise RuntimeError(f"block {block} is held by {self._owner[block]!r}, not {owner!r}")
+            self._owner[block] = None
+            self._free.append(block)
+        self.used_by[owner] -= len(blocks)
+
+    def owner_of(self, block: int) -> str | None:
+        return self._owner[block]

@@ -1,0 +1,91 @@
+"""The `coserve` command: generate, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from coserve.engine.config import DEFAULT_MODEL
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="print a completion from a model (offline engine)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[])
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from coserve import LLM, SamplingParams
+
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            seed=args.seed, max_tokens=args.max_tokens, stop=args.stop)
+    if args.chat:
+        output = llm.chat([{"role": "user", "content": args.prompt}], params)[0]
+    else:
+        output = llm.generate(args.prompt, params)[0]
+    print(output.outputs[0].text)
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the models in a config")
+    p.add_argument("config", nargs="?", help="YAML server config (default: the embedded models)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from coserve.entrypoints.openai.server import serve
+
+    return serve(args.config, args.host, args.port)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from coserve.bench import cli as bench_cli
+
+    p = sub.add_parser("bench", help="load-test an OpenAI-compatible server (like `vllm bench serve`)")
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_serve(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from coserve.errors import CoserveError
+
+        if isinstance(exc, CoserveError):
+            print(f"coserve: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

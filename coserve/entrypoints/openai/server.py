@@ -1,0 +1,232 @@
+"""OpenAI-compatible HTTP server for every model in a config (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+import coserve
+from coserve.engine.async_engine import AsyncEngine
+from coserve.engine.llm_engine import LLMEngine
+from coserve.entrypoints.openai.prometheus import EngineMetrics
+from coserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
+from coserve.entrypoints.openai.responses import ResponseBuilder
+from coserve.entrypoints.serve_config import ServerConfig, load_config
+from coserve.errors import InvalidRequestError, OutOfCapacityError, UnknownModelError
+
+logger = logging.getLogger("coserve.server")
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = loc[0] if loc else None
+    where = ".".join(loc) or "body"
+    return f"{where}: {first.get('msg', 'invalid value')}", param
+
+
+def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
+    metrics = EngineMetrics()
+    async_engine = AsyncEngine(engines, config.max_waiting_requests, on_step=metrics.on_step)
+    default_max_tokens = {m.name: m.default_max_tokens for m in config.models}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async_engine.start()
+        yield
+        async_engine.stop()
+
+    app = FastAPI(title="coserve", version=coserve.__version__, lifespan=lifespan)
+    app.state.engine = async_engine
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, "invalid_request_error", param)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": coserve.__version__}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by": "coserve",
+                 "max_model_len": engine.max_model_len} for name, engine in engines.items()]
+        return {"object": "list", "data": data}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _handle(request, CompletionRequest, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _handle(request, ChatCompletionRequest, chat=True)
+
+    async def _handle(http_request: Request, schema, chat: bool) -> Response:
+        try:
+            body = await http_request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "the request body is not valid JSON", "invalid_request_error")
+        try:
+            req = schema.model_validate(body)
+            engine = async_engine.engine(req.model)
+            params = req.sampling_params(default_max_tokens.get(req.model))
+            prompts = _prompts(engine, req, chat)
+            for prompt_ids in prompts:
+                engine._check_length(len(prompt_ids), params)
+        except ValidationError as exc:
+            message, param = _validation_message(exc)
+            return error_response(400, message, "invalid_request_error", param)
+        except UnknownModelError as exc:
+            return error_response(404, str(exc), "invalid_request_error", "model", "model_not_found")
+        except InvalidRequestError as exc:
+            return error_response(400, str(exc), "invalid_request_error", exc.param)
+        builder = ResponseBuilder(req.model, chat, len(prompts), params.n, req.include_usage, params.stop)
+        try:
+            streams = _fan_out(async_engine, req.model, prompts, params, builder.request_id)
+        except OutOfCapacityError as exc:
+            return error_response(429, str(exc), "rate_limit_error", code="too_many_requests")
+        if req.stream:
+            return StreamingResponse(_sse(builder, streams, http_request), media_type="text/event-stream")
+        try:
+            return JSONResponse(await _collect(builder, streams, http_request))
+        except Exception as exc:
+            logger.exception("request %s failed", builder.request_id)
+            return error_response(500, f"internal error: {exc}", "server_error")
+
+    return app
+
+
+def _prompts(engine: LLMEngine, req, chat: bool) -> list[list[int]]:
+    if chat:
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return [engine._prompt_ids(engine.apply_chat_template(messages))]
+    prompt = req.prompt
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", "prompt")
+    return [engine._prompt_ids(p) for p in prompt]
+
+
+def _fan_out(async_engine: AsyncEngine, model: str, prompts: list[list[int]], params,
+             request_id: str) -> list[AsyncIterator]:
+    """One engine request per (prompt, n) choice; choice index = prompt_index * n + copy."""
+    async_engine.check_capacity(model, len(prompts) * params.n)
+    streams = []
+    try:
+        for p_index, prompt_ids in enumerate(prompts):
+            for copy in range(params.n):
+                seed = None if params.seed is None else params.seed + copy
+                child = dataclasses.replace(params, n=1, seed=seed)
+                index = p_index * params.n + copy
+                streams.append(async_engine.submit(model, prompt_ids, child, f"{request_id}-{index}"))
+    except OutOfCapacityError:
+        for index in range(len(streams)):
+            async_engine.abort(f"{request_id}-{index}")
+        raise
+    return streams
+
+
+async def _next(stream: AsyncIterator, index: int):
+    try:
+        return index, await stream.__anext__()
+    except StopAsyncIteration:
+        return index, None
+
+
+async def _merged(streams: list[AsyncIterator], http_request: Request):
+    """Outputs of all choices as they come; stops (and aborts everything) if the client leaves."""
+    pending = {asyncio.ensure_future(_next(s, i)): i for i, s in enumerate(streams)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            if not done and await http_request.is_disconnected():
+                return
+            for task in done:
+                index = pending.pop(task)
+                _, output = task.result()
+                if output is None:
+                    continue
+                yield index, output
+                if not output.finished:
+                    pending[asyncio.ensure_future(_next(streams[index], index))] = index
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+
+
+async def _collect(builder: ResponseBuilder, streams: list[AsyncIterator], http_request: Request) -> dict:
+    async for index, output in _merged(streams, http_request):
+        builder.record(index, output)
+    return builder.final_body()
+
+
+async def _sse(builder: ResponseBuilder, streams, http_request: Request) -> AsyncIterator[str]:
+    try:
+        for chunk in builder.stream_start():
+            yield _event(chunk)
+        async for index, output in _merged(streams, http_request):
+            for chunk in builder.stream_delta(index, output):
+                yield _event(chunk)
+        for chunk in builder.stream_end():
+            yield _event(chunk)
+    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+        logger.exception("stream %s failed", builder.request_id)
+        yield _event({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
+    yield "data: [DONE]\n\n"
+
+
+def _event(chunk: dict) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def load_engines(config: ServerConfig) -> dict[str, LLMEngine]:
+    engines = {}
+    for deployment in config.models:
+        engines[deployment.name] = LLMEngine(deployment.engine_config(config.num_threads))
+    return engines
+
+
+def serve(config_path: str | None, host: str | None = None, port: int | None = None) -> int:
+    import uvicorn
+
+    config = load_config(config_path)
+    engines = load_engines(config)
+    app = build_app(engines, config)
+    host = host or config.host
+    port = config.port if port is None else port
+    logger.info("serving %s on http://%s:%d", ", ".join(engines), host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+

@@ -1,0 +1,129 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2) over any layer range [start, end).
+
+A stage that starts at layer 0 embeds token ids; one that ends at the last layer applies the final
+norm and can produce logits. Everything else passes hidden states in and out, which is what
+pipeline stages and dropped layers are made of.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coserve.errors import WeightLoadError
+from coserve.execution.attention import AttentionBackend, AttentionMetadata
+from coserve.execution.models.rotary import RotaryEmbedding
+from coserve.execution.models.spec import ModelSpec
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        qkv_rows = spec.q_size + 2 * spec.kv_size
+        self.input_norm = nn.Parameter(torch.ones(spec.hidden_size), requires_grad=False)
+        self.qkv_proj = nn.Linear(spec.hidden_size, qkv_rows, bias=spec.attention_bias)
+        self.o_proj = nn.Linear(spec.q_size, spec.hidden_size, bias=False)
+        self.post_attention_norm = nn.Parameter(torch.ones(spec.hidden_size), requires_grad=False)
+        self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
+        self.scale = spec.head_dim ** -0.5
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+                attention: AttentionBackend) -> torch.Tensor:
+        spec = self.spec
+        eps = spec.rms_norm_eps
+        x = F.rms_norm(hidden, (spec.hidden_size,), self.input_norm, eps)
+        q, k, v = self.qkv_proj(x).split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+        num_tokens = hidden.shape[0]
+        q = q.view(num_tokens, spec.num_heads, spec.head_dim)
+        k = k.view(num_tokens, spec.num_kv_heads, spec.head_dim)
+        v = v.view(num_tokens, spec.num_kv_heads, spec.head_dim)
+        q, k = rotary(positions, q, k)
+        attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, spec.sliding_window)
+        hidden = hidden + self.o_proj(attn.reshape(num_tokens, spec.q_size))
+        x = F.rms_norm(hidden, (spec.hidden_size,), self.post_attention_norm, eps)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return hidden + self.down_proj(F.silu(gate) * up)
+
+
+class LlamaModel(nn.Module):
+    """Holds layers [start, end) of a model; `kv_caches[i]` belongs to layer start + i."""
+
+    def __init__(self, spec: ModelSpec, start: int = 0, end: int | None = None,
+                 max_position: int | None = None, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.spec = spec
+        self.start, self.end = start, spec.num_layers if end is None else end
+        if not 0 <= self.start < self.end <= spec.num_layers:
+            raise ValueError(f"layer range [{start}, {end}) is outside [0, {spec.num_layers})")
+        self.has_embedding = self.start == 0
+        self.has_head = self.end == spec.num_layers
+        if self.has_embedding or (self.has_head and spec.tie_word_embeddings):
+            self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(LlamaLayer(spec) for _ in range(self.start, self.end))
+        if self.has_head:
+            self.norm = nn.Parameter(torch.ones(spec.hidden_size), requires_grad=False)
+            if not spec.tie_word_embeddings:
+                self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(spec.head_dim, spec.rope_theta, spec.rope_scaling,
+                                      max_position or spec.max_position_embeddings, device=device)
+        self.requires_grad_(False)
+
+    def forward(self, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                meta: AttentionMetadata, attention: AttentionBackend,
+                input_ids: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+                start: int | None = None, end: int | None = None) -> torch.Tensor:
+        """Run layers [start, end) (default: all held) and return hidden states [T, hidden]."""
+        start = self.start if start is None else start
+        end = self.end if end is None else end
+        if start == 0:
+            hidden = self.embed_tokens(input_ids)
+        elif hidden is None:
+            raise ValueError(f"a stage starting at layer {start} needs hidden states")
+        for index in range(start - self.start, end - self.start):
+            hidden = self.layers[index](hidden, positions, self.rotary, kv_caches[index], meta, attention)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = F.rms_norm(hidden, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
+        weight = self.embed_tokens.weight if self.spec.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    # -- weights -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy Hugging Face-named weights in, fusing q/k/v and gate/up; checks nothing is missing."""
+        for name, target in self._targets().items():
+            parts = [_take(state_dict, n) for n in name]
+            target.copy_(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+
+    def _targets(self) -> dict[tuple[str, ...], torch.Tensor]:
+        targets: dict[tuple[str, ...], torch.Tensor] = {}
+        if hasattr(self, "embed_tokens"):
+            targets[("model.embed_tokens.weight",)] = self.embed_tokens.weight
+        for offset, layer in enumerate(self.layers):
+            prefix = f"model.layers.{self.start + offset}."
+            attn, mlp = prefix + "self_attn.", prefix + "mlp."
+            targets[(prefix + "input_layernorm.weight",)] = layer.input_norm
+            targets[(prefix + "post_attention_layernorm.weight",)] = layer.post_attention_norm
+            targets[tuple(attn + p + ".weight" for p in ("q_proj", "k_proj", "v_proj"))] = layer.qkv_proj.weight
+            if self.spec.attention_bias:
+                targets[tuple(attn + p + ".bias" for p in ("q_proj", "k_proj", "v_proj"))] = layer.qkv_proj.bias
+            targets[(attn + "o_proj.weight",)] = layer.o_proj.weight
+            targets[(mlp + "gate_proj.weight", mlp + "up_proj.weight")] = layer.gate_up_proj.weight
+            targets[(mlp + "down_proj.weight",)] = layer.down_proj.weight
+        if self.has_head:
+            targets[("model.norm.weight",)] = self.norm
+            if not self.spec.tie_word_embeddings:
+                targets[("lm_head.weight",)] = self.lm_head.weight
+        return targets
+
+
+def _take(state_dict: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in state_dict:
+        raise WeightLoadError(f"weight {name!r} is missing from the checkpoint")
+    return state_dict[name]

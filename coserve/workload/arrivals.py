@@ -1,0 +1,37 @@
+"""Arrival processes: when requests reach the server, as seconds from the start of a run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def gamma_arrivals(num: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
+    """`num` arrival times of a renewal process with gamma gaps.
+
+    Gaps have mean 1/rate and squared coefficient of variation 1/burstiness: burstiness 1 is a
+    Poisson process, below 1 is burstier, above 1 more regular. An infinite rate sends all at t=0.
+    """
+    if burstiness <= 0:
+        raise ValueError(f"burstiness must be positive, got {burstiness}")
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    if math.isinf(rate):
+        return np.zeros(num)
+    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=num)
+    return np.cumsum(gaps)
+
+
+def poisson_arrivals(num: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    return gamma_arrivals(num, rate, 1.0, rng)
+
+
+def replay_arrivals(timestamps: np.ndarray, time_scale: float = 1.0) -> np.ndarray:
+    """Trace timestamps (seconds) as offsets from the first one, `time_scale` times faster."""
+    if time_scale <= 0:
+        raise ValueError(f"time_scale must be positive, got {time_scale}")
+    timestamps = np.asarray(timestamps, dtype=float)
+    if timestamps.size == 0:
+        return timestamps
+    return (timestamps - timestamps[0]) / time_scale

@@ -1,0 +1,297 @@
+"""The load generator end to end against a fake streaming server, and the metrics it reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coserve.bench import BenchmarkConfig, run_benchmark
+from coserve.bench.cli import add_arguments, config_from_args, run
+from coserve.bench.client import CHAT_ENDPOINT, chunk_text, request_body
+from coserve.bench.prompts import WORDS, synthetic_prompt
+from coserve.metrics import SLO, LatencyStats, RequestRecord, compute_metrics, format_table
+from coserve.workload import LengthSpec, WorkloadSpec
+
+# -- a fake OpenAI-compatible server ---------------------------------------------------------------
+
+
+class FakeServer:
+    """Streams one chunk per requested token ("tok"), then usage if asked for it. Counts prompt
+    tokens as whitespace-separated words, which is exactly what synthetic prompts are made of."""
+
+    def __init__(self, send_usage: bool = True, reject_models: tuple[str, ...] = ()):
+        self.send_usage = send_usage
+        self.reject_models = reject_models
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self.handle)
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)  # the OS picks a free port
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        if body["model"] in self.reject_models:
+            return web.json_response({"error": {"message": "model not found"}}, status=404)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._stream(request, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(self, request: web.Request, body: dict) -> web.StreamResponse:
+        chat = "messages" in body
+        prompt = body["messages"][0]["content"] if chat else body["prompt"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        send = lambda chunk: response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if chat:  # real servers open a chat stream with a role-only chunk: not a token
+            await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        for _ in range(body["max_tokens"]):
+            await asyncio.sleep(0.001)
+            choice = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
+            await send({"choices": [choice]})
+        await send({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+        if self.send_usage and body.get("stream_options", {}).get("include_usage"):
+            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": body["max_tokens"]}
+            await send({"choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+
+def test_cli_run_against_fake_server_saves_complete_json(tmp_path):
+    out = tmp_path / "result.json"
+    with FakeServer() as server:
+        args = bench_args(
+            "--base-url", server.base_url, "--model", "small", "large", "--alpha", "1.0",
+            "--request-rate", "400", "--num-prompts", "24", "--random-input-len", "40",
+            "--random-output-len", "6", "--random-range-ratio", "0.5", "--ignore-eos",
+            "--slo", "ttft:60000", "tpot:60000", "--save-result", str(out), "--plot", str(tmp_path / "plots"),
+            "--disable-tqdm", "--seed", "5")
+        assert run(args) == 0
+    saved = json.loads(out.read_text())
+    records = saved["requests"]
+    assert len(records) == 24 and len(server.bodies) == 24
+    assert set(saved["metrics"]["per_model"]) == {"small", "large"}
+    assert saved["config"]["workload"]["models"] == ["small", "large"]
+    assert saved["model_rates"]["small"] == pytest.approx(2 * saved["model_rates"]["large"])
+    for record in records:
+        assert record["success"], record["error"]
+        # Usage from the server: its prompt count is our word count, its output count our max_tokens.
+        assert record["prompt_tokens"] == record["input_len"]
+        assert record["output_tokens"] == record["output_len"] == len(record["chunk_times"])
+        assert 20 <= record["input_len"] <= 60 and 3 <= record["output_len"] <= 9
+        assert record["send_time"] <= record["first_token_time"] <= record["end_time"]
+    overall = saved["metrics"]["overall"]
+    assert overall["completed"] == 24 and overall["failed"] == 0
+    assert overall["total_output_tokens"] == sum(r["output_len"] for r in records)
+    assert overall["slo_attainment"] == 1.0
+    per_model = saved["metrics"]["per_model"].values()
+    assert sum(m["completed"] for m in per_model) == 24
+    assert sum(m["request_throughput"] for m in per_model) == pytest.approx(overall["request_throughput"])
+    for body in server.bodies:
+        assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+        assert body["ignore_eos"] is True
+    assert (tmp_path / "plots" / "latency_cdf.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "throughput.png").stat().st_size > 0
+
+
+def test_chat_without_usage_counts_text_chunks_only():
+    workload = WorkloadSpec(models=("m",), num_prompts=5, lengths=LengthSpec(input_len=10, output_len=4))
+    with FakeServer(send_usage=False) as server:
+        config = BenchmarkConfig(workload, server.base_url, CHAT_ENDPOINT, disable_tqdm=True)
+        result = run_benchmark(config)
+    assert all("messages" in body and "ignore_eos" not in body for body in server.bodies)
+    for record in result.records:
+        assert record.success
+        assert record.output_tokens == 4 and len(record.itls) == 3  # the role-only chunk is no token
+        assert record.prompt_tokens == record.input_len == 10  # no usage: the requested length
+
+
+def test_max_concurrency_caps_requests_in_flight():
+    workload = WorkloadSpec(models=("a", "b"), num_prompts=12, lengths=LengthSpec(input_len=5, output_len=5))
+    with FakeServer() as server:
+        result = run_benchmark(BenchmarkConfig(workload, server.base_url, max_concurrency=2, disable_tqdm=True))
+    assert result.metrics.overall.completed == 12
+    assert server.max_in_flight <= 2
+
+
+def test_rejected_requests_fail_and_miss_the_slo():
+    workload = WorkloadSpec(models=("good", "gone"), num_prompts=10, lengths=LengthSpec(input_len=5, output_len=3))
+    with FakeServer(reject_models=("gone",)) as server:
+        config = BenchmarkConfig(workload, server.base_url, slos=SLO(ttft_ms=60_000), disable_tqdm=True)
+        result = run_benchmark(config)
+    metrics = result.metrics
+    assert metrics.per_model["gone"].failed == 5 and metrics.per_model["gone"].completed == 0
+    assert metrics.per_model["good"].completed == 5
+    assert metrics.overall.slo_attainment == 0.5
+    assert all("HTTP 404" in r.error for r in result.records if r.model == "gone")
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["config"]["workload"]["request_rate"] == "inf"
+
+
+def test_unreachable_server_fails_every_request_and_run_returns_1(capsys):
+    with FakeServer() as server:
+        url = server.base_url  # the port is free again once the server stops
+    args = bench_args("--base-url", url, "--model", "m", "--num-prompts", "3", "--random-input-len", "4",
+                      "--random-output-len", "2", "--disable-tqdm")
+    assert run(args) == 1
+    assert "3 requests failed" in capsys.readouterr().err
+
+
+# -- request and stream pieces -----------------------------------------------------------------------
+
+
+def test_request_bodies():
+    completion = request_body("/v1/completions", "m", "hi there", 7, ignore_eos=False)
+    assert completion["prompt"] == "hi there" and completion["max_tokens"] == 7
+    assert "ignore_eos" not in completion
+    chat = request_body(CHAT_ENDPOINT, "m", "hi", 3, ignore_eos=True)
+    assert chat["messages"] == [{"role": "user", "content": "hi"}] and chat["ignore_eos"] is True
+
+
+def test_chunk_text_reads_completions_and_chat():
+    assert chunk_text({"choices": [{"text": " a"}]}) == " a"
+    assert chunk_text({"choices": [{"delta": {"content": "b"}}]}) == "b"
+    assert chunk_text({"choices": [{"delta": {"role": "assistant"}}]}) == ""
+    assert chunk_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+
+
+def test_synthetic_prompts_have_the_requested_word_count_and_differ_per_seed():
+    for n in (0, 1, 50, len(WORDS), 3 * len(WORDS) + 7):
+        assert len(synthetic_prompt(n, (0, n)).split()) == n
+    assert synthetic_prompt(30, (0, 1)) != synthetic_prompt(30, (0, 2))
+    assert synthetic_prompt(30, (0, 1)) == synthetic_prompt(30, (0, 1))
+
+
+def test_slo_options():
+    assert config_from_args(bench_args("--model", "a", "--slo", "ttft:200", "tpot:50")).slos == \
+        SLO(ttft_ms=200, tpot_ms=50)
+    scaled = config_from_args(bench_args("--model", "a", "b", "--slo-scale", "5",
+                                         "--slo-base-ttft-ms", "10", "20", "--slo-base-tpot-ms", "2")).slos
+    assert scaled == {"a": SLO(ttft_ms=50, tpot_ms=10), "b": SLO(ttft_ms=100, tpot_ms=10)}
+    with pytest.raises(ValueError):
+        config_from_args(bench_args("--model", "a", "--slo-scale", "5"))
+    with pytest.raises(ValueError):
+        SLO.parse(["latency:5"])
+    assert run(bench_args("--model", "a", "b", "--slo-scale", "2", "--slo-base-ttft-ms", "1", "2", "3")) == 2
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+
+def record(model="m", send=0.0, ttft=0.1, tpot=0.02, output=11, success=True, request_id=0) -> RequestRecord:
+    """A finished request with exactly the given TTFT and TPOT (seconds), chunks evenly spaced."""
+    chunks = [send + ttft + i * tpot for i in range(output)] if success else []
+    return RequestRecord(request_id, model, arrival_time=send, send_time=send, input_len=8, output_len=output,
+                         first_token_time=chunks[0] if chunks else None,
+                         end_time=chunks[-1] if chunks else send + 0.5, chunk_times=chunks,
+                         prompt_tokens=8, output_tokens=output if success else 0, success=success,
+                         error="" if success else "boom")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.001, 100.0), min_size=1, max_size=200))
+def test_latency_percentiles_equal_numpy(seconds):
+    stats = LatencyStats.of(seconds)
+    ms = np.array(seconds) * 1000
+    assert stats.mean == pytest.approx(ms.mean())
+    for key, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        assert getattr(stats, key) == pytest.approx(np.percentile(ms, q))
+    assert stats.count == len(seconds)
+
+
+def test_record_latencies():
+    r = record(ttft=0.25, tpot=0.05, output=5, send=1.0)
+    assert r.ttft == pytest.approx(0.25) and r.tpot == pytest.approx(0.05) and r.e2e == pytest.approx(0.45)
+    assert r.itls == pytest.approx([0.05] * 4)
+    assert record(output=1).tpot is None
+    failed = record(success=False)
+    assert failed.ttft is None and failed.e2e is None and failed.itls == []
+
+
+def test_known_records_give_known_attainment_and_goodput():
+    # Ten requests over a 10 s run: TTFT 0.1..1.0 s, TPOT 10..100 ms; two of them fail.
+    records = [record(send=float(i), ttft=0.1 * (i + 1), tpot=0.01 * (i + 1), output=3, request_id=i)
+               for i in range(8)]
+    records += [record(send=8.0, success=False, request_id=8), record(send=9.5, success=False, request_id=9)]
+    slo = SLO(ttft_ms=550, tpot_ms=45)  # TTFT passes for i <= 4, TPOT for i <= 3: four meet both
+    metrics = compute_metrics(records, slo, duration_s=10.0)
+    overall = metrics.overall
+    assert overall.completed == 8 and overall.failed == 2
+    assert overall.slo_attainment == pytest.approx(4 / 10)  # failed requests count as misses
+    assert overall.goodput == pytest.approx(0.4)
+    assert overall.request_throughput == pytest.approx(0.8)
+    assert overall.total_output_tokens == 24 and overall.output_throughput == pytest.approx(2.4)
+    assert overall.total_token_throughput == pytest.approx((24 + 64) / 10)
+    assert overall.ttft_ms.mean == pytest.approx(450.0) and overall.ttft_ms.count == 8
+    assert overall.tpot_ms.p50 == pytest.approx(np.percentile(np.arange(1, 9) * 10.0, 50))
+    assert compute_metrics(records, SLO(e2e_ms=10_000), 10.0).overall.slo_attainment == pytest.approx(0.8)
+    assert compute_metrics(records).overall.slo_attainment is None
+
+
+def test_per_model_slos_and_groups():
+    records = [record("a", ttft=0.1, request_id=0), record("a", ttft=0.3, request_id=1),
+               record("b", ttft=0.3, request_id=2), record("b", success=False, request_id=3)]
+    metrics = compute_metrics(records, {"a": SLO(ttft_ms=200), "b": SLO(ttft_ms=400)}, duration_s=2.0)
+    assert metrics.per_model["a"].slo_attainment == 0.5 and metrics.per_model["b"].slo_attainment == 0.5
+    assert metrics.overall.slo_attainment == 0.5 and metrics.overall.goodput == 1.0
+    assert metrics.per_model["b"].failed == 1
+    table = format_table(metrics)
+    for text in ("overall", "SLO attainment (%)", "P99 TPOT (ms)", "Goodput (req/s)"):
+        assert text in table
+
+
+def test_groups_follow_the_given_model_order_and_keep_idle_models():
+    records = [record("b", request_id=0), record("a", request_id=1)]
+    metrics = compute_metrics(records, SLO(ttft_ms=1_000), models=("a", "idle", "b"))
+    assert list(metrics.per_model) == ["a", "idle", "b"]
+    idle = metrics.per_model["idle"]
+    assert idle.completed == idle.failed == 0 and idle.slo_attainment is None and idle.ttft_ms.count == 0
+
+
+def test_duration_spans_first_arrival_to_last_end():
+    records = [record(send=2.0, ttft=0.5, tpot=0.1, output=6), record(send=4.0, ttft=0.5, tpot=0.1, output=6)]
+    metrics = compute_metrics(records)
+    assert metrics.overall.duration_s == pytest.approx(4.0 + 0.5 + 0.5 - 2.0)
+    empty = compute_metrics([])
+    assert empty.overall.completed == 0 and empty.overall.ttft_ms.mean is None
+    assert not math.isnan(empty.overall.request_throughput)
