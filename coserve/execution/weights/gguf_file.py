@@ -7,6 +7,7 @@ our own dequant module.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ LAYER_NAMES = {
 }
 LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
-# llama 3.1 files carry precomputed rope frequency factors; Hugging Face models have no such parameter
+# llama 3.1 files carry precomputed rope frequency factors instead of rope-scaling metadata. Hugging Face
+# models have no such parameter (transformers drops it too); only positions past 8k would differ.
 IGNORED_TENSORS = {"rope_freqs.weight"}
 
 
@@ -137,7 +139,7 @@ def _vocab_size(reader: GGUFReader, arch: str, path: Path) -> int:
     return int(embedding.shape[-1])  # ggml lists dimensions fastest-first
 
 
-def _rope_scaling(key) -> dict[str, Any] | None:
+def _rope_scaling(key: Callable[..., Any]) -> dict[str, Any] | None:
     kind = key("rope.scaling.type")
     if not kind or kind == "none":
         return None

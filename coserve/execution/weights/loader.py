@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from coserve.execution.models.spec import ModelSpec, parse_dtype
 from coserve.execution.weights import cache
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     spec: ModelSpec
     state_dict: dict[str, torch.Tensor]  # HF names, requested dtype, only the stage's layers
-    tokenizer: Any | None  # a transformers tokenizer; None for random weights or when not asked for
+    tokenizer: PreTrainedTokenizerBase | None  # None for random weights, or when not asked for
     chat_template: str | None
     source: ModelSource
     layer_range: tuple[int, int]

@@ -81,9 +81,12 @@ def _random_source(model: str) -> ModelSource:
 
 def _path_source(model: str, path: Path) -> ModelSource:
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise WeightLoadError(f"{path}: a model directory needs a config.json")
-        return ModelSource("hf_dir", model, path)
+        if (path / "config.json").is_file():
+            return ModelSource("hf_dir", model, path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:  # e.g. a package or download folder holding one quantised file
+            return ModelSource("gguf", model, ggufs[0])
+        raise WeightLoadError(f"{path}: a model directory needs a config.json (or exactly one .gguf file)")
     if path.suffix == ".gguf" or _has_gguf_magic(path):
         return ModelSource("gguf", model, path)
     raise WeightLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")
