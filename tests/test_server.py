@@ -57,7 +57,7 @@ class RunningServer:
 
 
 def tiny_deployment(**overrides) -> ModelDeployment:
-    fields = dict(name=TINY, model="random:llama-tiny", num_kv_blocks=64, max_num_seqs=8)
+    fields = dict(name=TINY, model="random:llama-tiny-49k", tokenizer=REAL, num_kv_blocks=64, max_num_seqs=8)
     return ModelDeployment(**{**fields, **overrides})
 
 

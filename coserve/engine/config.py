@@ -25,7 +25,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     long_prefill_token_threshold: int | None = None
     max_model_len: int | None = None  # defaults to the model's context, capped at 32768
-    attention_backend: str = "sdpa_gather"
+    attention_backend: str = "auto"  # auto | cpu_paged | sdpa_gather
     num_threads: int | None = None  # torch intra-op threads on CPU
 
     def __post_init__(self) -> None:

@@ -64,8 +64,8 @@ class LLMEngine:
         self.kv = KVCacheManager(BlockPool(num_blocks), config.block_size, owner=config.name)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    config.long_prefill_token_threshold), self.kv)
-        self.runner = ModelRunner(self.model, self.kv_cache, get_attention_backend(config.attention_backend),
-                                  Sampler(config.seed, self.device), self.device)
+        attention = get_attention_backend(config.attention_backend, self.device)
+        self.runner = ModelRunner(self.model, self.kv_cache, attention, Sampler(config.seed, self.device), self.device)
         self.states: dict[str, RequestState] = {}
         self._ids = itertools.count()
         logger.info("%s: %.1f MB weights, %d KV blocks of %d tokens (%.1f MB), max_model_len %d",

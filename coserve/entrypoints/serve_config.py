@@ -60,7 +60,7 @@ def default_config() -> ServerConfig:
     return ServerConfig(models=[
         ModelDeployment(name=DEFAULT_MODEL, model=DEFAULT_MODEL, max_num_seqs=64,
                         kv_cache_memory_bytes=512 << 20),
-        ModelDeployment(name="llama-tiny-random", model="random:llama-tiny", tokenizer=DEFAULT_MODEL,
+        ModelDeployment(name="llama-small-random", model="random:llama-small-49k", tokenizer=DEFAULT_MODEL,
                         max_num_seqs=64, kv_cache_memory_bytes=64 << 20),
     ])
 

@@ -35,11 +35,15 @@ class EngineMetrics:
         self._preemptions_seen: dict[str, int] = {}
         self._tokens_seen: dict[str, int] = {}
 
+    def refresh_gauges(self, engines: dict[str, LLMEngine]) -> None:
+        """Read the engines' current state at scrape time (an abort changes it without a step)."""
+        for name, engine in engines.items():
+            self.running.labels(name).set(engine.scheduler.num_running)
+            self.waiting.labels(name).set(engine.scheduler.num_waiting)
+            self.kv_usage.labels(name).set(engine.kv.pool.usage())
+
     def on_step(self, name: str, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
         """Called on the engine thread after every step."""
-        self.running.labels(name).set(engine.scheduler.num_running)
-        self.waiting.labels(name).set(engine.scheduler.num_waiting)
-        self.kv_usage.labels(name).set(engine.kv.pool.usage())
         total = engine.scheduler.num_preemptions
         self.preemptions.labels(name).inc(total - self._preemptions_seen.get(name, 0))
         self._preemptions_seen[name] = total

@@ -79,6 +79,7 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        metrics.refresh_gauges(engines)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/completions")

@@ -22,10 +22,22 @@ class AttentionBackend(Protocol):
         ...
 
 
-def get_attention_backend(name: str) -> AttentionBackend:
+def get_attention_backend(name: str, device: torch.device | str = "cpu") -> AttentionBackend:
+    """`auto` picks the in-place CPU kernel when it builds, else the portable gather + SDPA path."""
+    from coserve.execution.attention.cpu_paged import CpuPagedBackend, load_kernel
     from coserve.execution.attention.sdpa_gather import SdpaGatherBackend
 
-    backends = {"sdpa_gather": SdpaGatherBackend}
-    if name not in backends:
-        raise ConfigError(f"attention_backend must be one of {sorted(backends)}, got {name!r}")
-    return backends[name]()
+    names = ("auto", "sdpa_gather", "cpu_paged")
+    if name not in names:
+        raise ConfigError(f"attention_backend must be one of {list(names)}, got {name!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if name == "sdpa_gather" or (name == "auto" and not on_cpu):
+        return SdpaGatherBackend()
+    if not on_cpu:
+        raise ConfigError("attention_backend 'cpu_paged' runs on the CPU only")
+    kernel = load_kernel()
+    if kernel is None:
+        if name == "cpu_paged":
+            raise ConfigError("attention_backend 'cpu_paged' could not be built (see the log)")
+        return SdpaGatherBackend()
+    return CpuPagedBackend(kernel)

@@ -40,6 +40,9 @@ LLAMA2 = {"rms_norm_eps": 1e-5}
 PRESETS: dict[str, dict[str, Any]] = {
     # small enough for unit tests: GQA, untied head, a few layers
     "llama-tiny": _llama(4, 64, 4, 128, 256, 512, kv_heads=2, rms_norm_eps=1e-5),
+    # SmolLM2's vocabulary, so they can borrow its tokenizer (`tokenizer: smollm2-135m-instruct`)
+    "llama-tiny-49k": _llama(2, 64, 4, 128, 49152, 2048, kv_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "llama-small-49k": _llama(8, 384, 6, 1024, 49152, 4096, kv_heads=2, rms_norm_eps=1e-5),
     "smollm2-135m": _llama(30, 576, 9, 1536, 49152, 8192, kv_heads=3, rope_theta=100_000.0,
                            rms_norm_eps=1e-5, tie_word_embeddings=True),
     "llama-7b": _llama(32, 4096, 32, 11008, 32000, 2048),

@@ -1,0 +1,128 @@
+"""Engine behaviour on the real model: sampling controls, stop conditions, bad input, page accounting."""
+
+from __future__ import annotations
+
+import pytest
+
+from coserve import LLM, SamplingParams
+from coserve.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    UnknownModelError,
+    WeightLoadError,
+)
+
+PROMPT = "Write a list of fruits: apple, banana,"
+
+
+def _all_free(llm: LLM) -> bool:
+    engine = llm.engine
+    return engine.num_free_blocks == engine.num_blocks and not engine.states
+
+
+def test_seeded_sampling_reproduces_and_differs_across_seeds(smollm2_llm):
+    def sample(seed):
+        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=seed, max_tokens=12)
+        return smollm2_llm.generate(PROMPT, params)[0].outputs[0].token_ids
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    # a seeded request samples the same whatever else shares its batch
+    params = SamplingParams(temperature=1.0, seed=7, top_p=0.9, top_k=50, max_tokens=12)
+    crowd = smollm2_llm.generate([PROMPT, "Hello", "The sky is"], [params, SamplingParams(temperature=1.0),
+                                                                    SamplingParams(temperature=0.5)])
+    assert crowd[0].outputs[0].token_ids == sample(7)
+
+
+def test_n_returns_distinct_indexed_choices(smollm2_llm):
+    out = smollm2_llm.generate(PROMPT, SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=8))[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+
+
+def test_stop_strings_cut_the_text_where_the_unstopped_run_has_them(smollm2_llm):
+    greedy = SamplingParams(temperature=0, max_tokens=24)
+    full = smollm2_llm.generate(PROMPT, greedy)[0].outputs[0]
+    stop = full.text.split(",")[1].strip()[:4]  # part of the second generated item
+    assert stop and stop in full.text
+    cut = smollm2_llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=24, stop=[stop]))[0].outputs[0]
+    assert cut.text == full.text[:full.text.index(stop)]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    kept = smollm2_llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=24, stop=[stop],
+                                                       include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == full.text[:full.text.index(stop) + len(stop)]
+    assert _all_free(smollm2_llm)
+
+
+def test_stop_token_ids_eos_and_ignore_eos(smollm2_llm):
+    greedy = SamplingParams(temperature=0, max_tokens=24)
+    full = smollm2_llm.generate(PROMPT, greedy)[0].outputs[0]
+    target = full.token_ids[5]
+    first = full.token_ids.index(target)
+    stopped = smollm2_llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=24,
+                                                          stop_token_ids=[target]))[0].outputs[0]
+    assert stopped.token_ids == full.token_ids[:first + 1]
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == target
+
+    chat = smollm2_llm.chat([{"role": "user", "content": "Say hi."}], SamplingParams(temperature=0, max_tokens=64))
+    eos = smollm2_llm.tokenizer.eos_token_id
+    assert chat[0].outputs[0].finish_reason == "stop" and chat[0].outputs[0].token_ids[-1] == eos
+    forced = smollm2_llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True,
+                                                         stop_token_ids=[]))[0].outputs[0]
+    assert len(forced.token_ids) == 30 and forced.finish_reason == "length"
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: SamplingParams(max_tokens=0), "max_tokens"),
+    (lambda: SamplingParams(temperature=-0.1), "temperature"),
+    (lambda: SamplingParams(top_p=0.0), "top_p"),
+    (lambda: SamplingParams(top_p=1.5), "top_p"),
+    (lambda: SamplingParams(n=0), "n"),
+    (lambda: SamplingParams(max_tokens="3"), "max_tokens"),
+    (lambda: SamplingParams(stop=[""]), "stop"),
+])
+def test_bad_sampling_params_raise_typed_errors(make, field):
+    with pytest.raises(InvalidRequestError) as info:
+        make()
+    assert info.value.param == field and field in str(info.value)
+
+
+def test_bad_prompts_raise_and_leave_the_engine_usable(smollm2_llm):
+    engine = smollm2_llm.engine
+    with pytest.raises(InvalidRequestError, match="empty"):
+        smollm2_llm.generate("", SamplingParams())
+    with pytest.raises(InvalidRequestError, match="vocabulary"):
+        smollm2_llm.generate([[1, 2, 10**9]], SamplingParams())
+    too_long = [1] * engine.max_model_len
+    with pytest.raises(ContextLengthError, match=str(engine.max_model_len)):
+        smollm2_llm.generate([too_long], SamplingParams())
+    with pytest.raises(ContextLengthError, match="max_tokens"):
+        smollm2_llm.generate("Hi", SamplingParams(max_tokens=engine.max_model_len))
+    assert _all_free(smollm2_llm)
+    ok = smollm2_llm.generate("Hi", SamplingParams(temperature=0, max_tokens=3))[0]
+    assert len(ok.outputs[0].token_ids) == 3
+
+
+def test_unknown_model_and_unreadable_weights(tmp_path):
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        LLM("no-such-model")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(WeightLoadError, match="broken.gguf"):
+        LLM(str(broken))
+
+
+def test_abort_frees_pages(smollm2_llm):
+    engine = smollm2_llm.engine
+    rid = engine.add_request("Tell me a story", SamplingParams(max_tokens=50))
+    engine.step()
+    assert engine.num_free_blocks < engine.num_blocks
+    engine.abort_request(rid)
+    assert _all_free(smollm2_llm)
+
+
+def test_generate_cli_prints_a_completion(capsys):
+    from coserve.entrypoints.cli import main
+
+    assert main(["generate", "--prompt", "What is the capital of France?", "--chat", "--max-tokens", "12"]) == 0
+    assert "Paris" in capsys.readouterr().out
