@@ -37,7 +37,7 @@ class SdpaGatherBackend:
         keys = _gather(k_cache, meta.decode_block_tables)  # [B, Hkv, S, D]
         values = _gather(v_cache, meta.decode_block_tables)
         # Grouped heads become extra query rows of their KV head: no K/V expansion needed.
-        queries = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        queries = q.reshape(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
         mask = _decode_mask(meta, keys.shape[2], sliding_window)
         out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
         return out.reshape(num_seqs, num_heads, head_dim)

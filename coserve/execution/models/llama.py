@@ -13,7 +13,7 @@ from torch import nn
 
 from coserve.errors import WeightLoadError
 from coserve.execution.attention import AttentionBackend, AttentionMetadata
-from coserve.execution.models.rotary import RotaryEmbedding
+from coserve.execution.models.rotary import RotaryEmbedding, apply_rotary
 from coserve.execution.models.spec import ModelSpec
 
 
@@ -30,18 +30,18 @@ class LlamaLayer(nn.Module):
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
         self.scale = spec.head_dim ** -0.5
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding,
+    def forward(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                 attention: AttentionBackend) -> torch.Tensor:
         spec = self.spec
         eps = spec.rms_norm_eps
-        x = F.rms_norm(hidden, (spec.hidden_size,), self.input_norm, eps)
-        q, k, v = self.qkv_proj(x).split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
         num_tokens = hidden.shape[0]
-        q = q.view(num_tokens, spec.num_heads, spec.head_dim)
-        k = k.view(num_tokens, spec.num_kv_heads, spec.head_dim)
+        x = F.rms_norm(hidden, (spec.hidden_size,), self.input_norm, eps)
+        qk, v = self.qkv_proj(x).split([spec.q_size + spec.kv_size, spec.kv_size], dim=-1)
+        # q and k heads are rotated together: one set of elementwise ops instead of two
+        qk = apply_rotary(qk.view(num_tokens, spec.num_heads + spec.num_kv_heads, spec.head_dim), *rope)
+        q, k = qk.split([spec.num_heads, spec.num_kv_heads], dim=1)
         v = v.view(num_tokens, spec.num_kv_heads, spec.head_dim)
-        q, k = rotary(positions, q, k)
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, spec.sliding_window)
         hidden = hidden + self.o_proj(attn.reshape(num_tokens, spec.q_size))
         x = F.rms_norm(hidden, (spec.hidden_size,), self.post_attention_norm, eps)
@@ -83,8 +83,9 @@ class LlamaModel(nn.Module):
             hidden = self.embed_tokens(input_ids)
         elif hidden is None:
             raise ValueError(f"a stage starting at layer {start} needs hidden states")
+        rope = self.rotary.lookup(positions)  # shared by every layer of the step
         for index in range(start - self.start, end - self.start):
-            hidden = self.layers[index](hidden, positions, self.rotary, kv_caches[index], meta, attention)
+            hidden = self.layers[index](hidden, rope, kv_caches[index], meta, attention)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
