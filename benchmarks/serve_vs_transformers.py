@@ -11,6 +11,10 @@ headline ratios.
 
 transformers serve cannot load the GGUF itself (the config it reads from a GGUF names no
 architecture), so the GGUF is converted once to a Hugging Face folder (float32 safetensors) and cached.
+Both servers get the same KV-cache bytes (1 GiB) and per-step token budget (1024); transformers'
+CPU defaults (60% of free RAM, 8192 tokens) are slower still (--transformers-cb-defaults to see them).
+transformers serve rejects `ignore_eos` (HTTP 422), so it is left off for both servers: outputs stop at
+EOS, and the report gives how many requests produced equally long outputs on both.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COSERVE_MODEL = "smollm2-135m-instruct"
 COSERVE = "coserve"
 TRANSFORMERS = "transformers"
+# Both servers get the same KV-cache bytes and per-step token budget.
+MAX_NUM_SEQS = 64  # coserve only: transformers serve has no flag for its batch size
+MAX_BATCHED_TOKENS = 1024
+KV_CACHE_BYTES = 1 << 30
+TRANSFORMERS_PAGE_SIZE = 256  # transformers' default page: its --cb-num-blocks counts pages of this many tokens
 
 
 @dataclass(frozen=True)
@@ -151,22 +160,33 @@ def ensure_hf_folder(folder: Path) -> Path:
 # ---------------------------------------------------------------- servers
 
 
+COSERVE_YAML = (
+    "models:\n"
+    f"  - name: {COSERVE_MODEL}\n"
+    f"    model: {COSERVE_MODEL}\n"  # coserve reads the GGUF itself
+    "    dtype: float32\n"
+    f"    max_num_seqs: {MAX_NUM_SEQS}\n"
+    f"    max_num_batched_tokens: {MAX_BATCHED_TOKENS}\n"
+    f"    kv_cache_memory_bytes: {KV_CACHE_BYTES}\n")
+
+
 def coserve_server(config_dir: Path, log_dir: Path) -> ServerProcess:
     config = config_dir / "coserve.yaml"
-    config.write_text(
-        "models:\n"
-        f"  - name: {COSERVE_MODEL}\n"
-        f"    model: {COSERVE_MODEL}\n"  # coserve reads the GGUF itself
-        "    dtype: float32\n"
-        "    max_num_seqs: 64\n"
-        "    max_num_batched_tokens: 1024\n"
-        "    kv_cache_memory_bytes: 1073741824\n")
+    config.write_text(COSERVE_YAML)
     port = free_port()
     argv = [sys.executable, "-m", "coserve.entrypoints.cli", "serve", str(config), "--host", HOST, "--port", str(port)]
     return ServerProcess(COSERVE, argv, port, log_dir / "coserve.log")
 
 
-def transformers_server(hf_dir: Path, log_dir: Path) -> ServerProcess:
+def transformers_kv_pages(hf_dir: Path, kv_bytes: int = KV_CACHE_BYTES) -> int:
+    """Pages of TRANSFORMERS_PAGE_SIZE tokens (K and V of every layer) that fit in `kv_bytes` in float32."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    bytes_per_token = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * head_dim * 4
+    return max(1, kv_bytes // (bytes_per_token * TRANSFORMERS_PAGE_SIZE))
+
+
+def transformers_server(hf_dir: Path, log_dir: Path, cb_defaults: bool) -> ServerProcess:
     beside_python = Path(sys.executable).parent / "transformers"  # the venv's CLI, not one on PATH
     cli = str(beside_python) if beside_python.exists() else shutil.which("transformers")
     if cli is None:
@@ -174,6 +194,11 @@ def transformers_server(hf_dir: Path, log_dir: Path) -> ServerProcess:
     port = free_port()
     argv = [cli, "serve", str(hf_dir), "--device", "cpu", "--dtype", "float32", "--host", HOST, "--port", str(port),
             "--continuous-batching"]
+    if not cb_defaults:
+        # On CPU transformers otherwise sizes its cache to 60% of free RAM (~10 GB here) with 8192-token steps;
+        # its first request then takes ~40 s and every step is slower. Give it coserve's budget instead.
+        argv += ["--cb-num-blocks", str(transformers_kv_pages(hf_dir)), "--cb-max-batch-tokens",
+                 str(MAX_BATCHED_TOKENS)]
     # Offline: the model is a local folder, and nothing may reach for the hub.
     return ServerProcess(TRANSFORMERS, argv, port, log_dir / "transformers.log", env={"HF_HUB_OFFLINE": "1"})
 
@@ -206,8 +231,9 @@ def bench_config(base_url: str, model: str, load: Load, run: Run) -> BenchmarkCo
 
 def warm_up(base_url: str, model: str, load: Load) -> float:
     """A few short requests before measuring: transformers serve sets up its continuous-batching
-    manager on the first request (~25 s here), which would otherwise land in the first TTFTs."""
-    lengths = LengthSpec("random", input_len=32, output_len=8)
+    manager on the first request, which would otherwise land in the first TTFTs. Prompts of the measured
+    length distribution (another seed), so first-time costs of long prefills are paid here too."""
+    lengths = LengthSpec("sharegpt-lengths", max_input_len=load.max_input_len, max_output_len=8)
     workload = WorkloadSpec(models=(model,), num_prompts=4, seed=load.seed + 1, lengths=lengths)
     config = BenchmarkConfig(workload, base_url, load.endpoint, 4, load.ignore_eos, timeout_s=load.timeout_s,
                              disable_tqdm=True)
@@ -324,6 +350,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /health")
     parser.add_argument("--request-timeout", type=float, default=3600.0)
+    parser.add_argument("--transformers-cb-defaults", action="store_true",
+                        help="leave transformers' KV cache and step budget at its defaults instead of coserve's "
+                             f"{KV_CACHE_BYTES >> 20} MiB / {MAX_BATCHED_TOKENS} tokens")
     parser.add_argument("--hf-dir", type=Path, default=None,
                         help="converted Hugging Face folder for transformers serve (default: under the coserve cache)")
     parser.add_argument("--output", type=Path, default=None,
@@ -350,7 +379,7 @@ def main() -> int:
 
     try:
         # transformers first: whether it takes ignore_eos decides the load both servers get.
-        servers[TRANSFORMERS] = transformers_server(hf_dir, log_dir)
+        servers[TRANSFORMERS] = transformers_server(hf_dir, log_dir, args.transformers_cb_defaults)
         with running_server(servers[TRANSFORMERS], args.startup_timeout) as server:
             model = str(hf_dir)  # transformers serve pins requests to the exact path it was started with
             load = replace(load, ignore_eos=accepts_ignore_eos(server.base_url, args.endpoint, model))
@@ -382,8 +411,10 @@ def main() -> int:
                     "torch": importlib.metadata.version("torch"),
                     "transformers": importlib.metadata.version("transformers")},
         "config": {"runs": [vars(run) for run in runs], "load": vars(load), "quick": args.quick,
+                   "max_num_batched_tokens": MAX_BATCHED_TOKENS, "kv_cache_memory_bytes": KV_CACHE_BYTES,
+                   "transformers_cb_defaults": args.transformers_cb_defaults,
                    "dataset": "sharegpt-lengths", "request_rate": "inf", "dtype": "float32",
-                   "hf_dir": str(hf_dir), "gguf": str(gguf_path())},
+                   "hf_dir": str(hf_dir), "gguf": str(gguf_path()), "coserve_yaml": COSERVE_YAML},
         "servers": {name: {"argv": list(servers[name].argv), "log": str(servers[name].log_path),
                            "warm_up_s": served[name]["warm_up_s"]} for name in served},
         "summary": summaries,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from coserve.execution.memory import host_zeros
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec
 
 
@@ -22,7 +23,8 @@ class PagedKVCache:
         shape = (num_blocks, num_layers, 2, block_size, spec.num_kv_heads, spec.head_dim)
         if buffer is None:
             # zeroed, not empty: masked-out slots are still multiplied by zero weights in SDPA
-            buffer = torch.zeros(shape, dtype=dtype, device=device)
+            on_cpu = torch.device(device).type == "cpu"
+            buffer = host_zeros(shape, dtype) if on_cpu else torch.zeros(shape, dtype=dtype, device=device)
         self.buffer = buffer.view(shape)
         self.num_blocks = num_blocks
         self.block_size = block_size
