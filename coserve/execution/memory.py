@@ -7,6 +7,7 @@ not possible (not Linux, THP disabled) the tensor is an ordinary allocation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 
@@ -22,9 +23,7 @@ def host_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if nbytes < _HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.zeros(shape, dtype=dtype)
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
+    with contextlib.suppress(OSError):  # without huge pages it is still a valid zeroed allocation
         region.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        pass  # still a valid (zeroed) allocation, only without huge pages
     # the tensor keeps the mapping alive through the buffer protocol
     return torch.frombuffer(region, dtype=dtype, count=numel).view(shape)
