@@ -24,7 +24,8 @@ class AttentionBackend(Protocol):
 
 def get_attention_backend(name: str, device: torch.device | str = "cpu") -> AttentionBackend:
     """`auto` picks the in-place CPU kernel when it builds, else the portable gather + SDPA path."""
-    from coserve.execution.attention.cpu_paged import CpuPagedBackend, load_kernel
+    from coserve.execution import cpu_kernels
+    from coserve.execution.attention.cpu_paged import CpuPagedBackend
     from coserve.execution.attention.sdpa_gather import SdpaGatherBackend
 
     names = ("auto", "sdpa_gather", "cpu_paged")
@@ -35,7 +36,7 @@ def get_attention_backend(name: str, device: torch.device | str = "cpu") -> Atte
         return SdpaGatherBackend()
     if not on_cpu:
         raise ConfigError("attention_backend 'cpu_paged' runs on the CPU only")
-    kernel = load_kernel()
+    kernel = cpu_kernels.load()
     if kernel is None:
         if name == "cpu_paged":
             raise ConfigError("attention_backend 'cpu_paged' could not be built (see the log)")

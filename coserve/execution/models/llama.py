@@ -13,6 +13,7 @@ from torch import nn
 
 from coserve.errors import WeightLoadError
 from coserve.execution.attention import AttentionBackend, AttentionMetadata
+from coserve.execution.cpu_kernels import linear
 from coserve.execution.models.rotary import RotaryEmbedding, apply_rotary
 from coserve.execution.models.spec import ModelSpec
 
@@ -37,16 +38,16 @@ class LlamaLayer(nn.Module):
         eps = spec.rms_norm_eps
         num_tokens = hidden.shape[0]
         x = F.rms_norm(hidden, (spec.hidden_size,), self.input_norm, eps)
-        qk, v = self.qkv_proj(x).split([spec.q_size + spec.kv_size, spec.kv_size], dim=-1)
+        qk, v = linear(x, self.qkv_proj).split([spec.q_size + spec.kv_size, spec.kv_size], dim=-1)
         # q and k heads are rotated together: one set of elementwise ops instead of two
         qk = apply_rotary(qk.view(num_tokens, spec.num_heads + spec.num_kv_heads, spec.head_dim), *rope)
         q, k = qk.split([spec.num_heads, spec.num_kv_heads], dim=1)
         v = v.view(num_tokens, spec.num_kv_heads, spec.head_dim)
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, spec.sliding_window)
-        hidden = hidden + self.o_proj(attn.reshape(num_tokens, spec.q_size))
+        hidden = hidden + linear(attn.reshape(num_tokens, spec.q_size), self.o_proj)
         x = F.rms_norm(hidden, (spec.hidden_size,), self.post_attention_norm, eps)
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return hidden + self.down_proj(F.silu(gate) * up)
+        gate, up = linear(x, self.gate_up_proj).chunk(2, dim=-1)
+        return hidden + linear(F.silu(gate) * up, self.down_proj)
 
 
 class LlamaModel(nn.Module):
@@ -90,8 +91,8 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = F.rms_norm(hidden, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
-        weight = self.embed_tokens.weight if self.spec.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        head = self.embed_tokens if self.spec.tie_word_embeddings else self.lm_head
+        return linear(hidden, head).float()
 
     # -- weights -------------------------------------------------------------------------------
 

@@ -131,7 +131,3 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor q, torch::Tensor k_
     });
   });
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention, "paged decode attention (CPU)");
-}

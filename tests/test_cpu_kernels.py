@@ -1,0 +1,31 @@
+"""coserve's C++ CPU kernels against PyTorch's own operators."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coserve.execution import cpu_kernels
+
+
+@pytest.mark.parametrize("rows,cols,batch,bias", [(1, 7, 1, False), (13, 64, 3, True), (1728, 576, 1, False),
+                                                 (4099, 96, 4, True)])
+def test_small_batch_linear_matches_f_linear(rows, cols, batch, bias):
+    module = cpu_kernels.load()
+    assert module is not None, "the CPU kernels did not build"
+    gen = torch.Generator().manual_seed(rows)
+    layer = torch.nn.Linear(cols, rows, bias=bias)
+    torch.nn.init.normal_(layer.weight, generator=gen)
+    x = torch.randn(batch, cols, generator=gen)
+    with torch.no_grad():
+        expected = F.linear(x, layer.weight, layer.bias)
+        assert torch.allclose(cpu_kernels.linear(x, layer), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_larger_batches_and_other_dtypes_take_the_pytorch_path():
+    layer = torch.nn.Linear(8, 5).to(torch.bfloat16)
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(cpu_kernels.linear(x, layer), F.linear(x, layer.weight, layer.bias))
+        wide = torch.randn(9, 8)
+        layer32 = torch.nn.Linear(8, 5)
+        assert torch.equal(cpu_kernels.linear(wide, layer32), F.linear(wide, layer32.weight, layer32.bias))
