@@ -29,7 +29,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # below this, dividing logits by the temperature overflows; the answer is the argmax anyway
+        return self.temperature < 1e-5
 
     def validate(self) -> None:
         _check_int("n", self.n, minimum=1)
@@ -41,7 +42,9 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         _check_int("top_k", self.top_k, minimum=-1)
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            _check_int("seed", self.seed, minimum=-(2**63))
+            if self.seed >= 2**63:
+                raise InvalidRequestError(f"seed must be < 2**63, got {self.seed}", "seed")
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, minimum=1)
         if not all(isinstance(s, str) and s for s in self.stop):

@@ -126,3 +126,32 @@ def test_generate_cli_prints_a_completion(capsys):
 
     assert main(["generate", "--prompt", "What is the capital of France?", "--chat", "--max-tokens", "12"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_a_failed_step_fails_its_requests_frees_pages_and_keeps_serving(smollm2_llm, monkeypatch):
+    engine = smollm2_llm.engine
+    real_execute = engine.runner.execute
+
+    def broken(*args, **kwargs):
+        monkeypatch.setattr(engine.runner, "execute", real_execute)
+        raise RuntimeError("simulated device fault")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    engine.add_request("Hello there", SamplingParams(max_tokens=5), request_id="doomed")
+    outputs = engine.step()
+    assert [o.request_id for o in outputs] == ["doomed"]
+    assert outputs[0].finished and "simulated device fault" in outputs[0].error
+    assert _all_free(smollm2_llm)
+    again = smollm2_llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=3))[0]
+    assert len(again.outputs[0].token_ids) == 3
+
+
+def test_extreme_seed_and_top_k_values_are_handled(smollm2_llm):
+    with pytest.raises(InvalidRequestError, match="seed"):
+        SamplingParams(seed=2**64)
+    params = [SamplingParams(temperature=1.0, top_k=10**19, top_p=0.9, seed=-5, max_tokens=3),
+              SamplingParams(temperature=1e-9, max_tokens=3), SamplingParams(temperature=1.0, top_k=2, max_tokens=3)]
+    outs = smollm2_llm.generate(["a", "b", "c"], params)
+    assert all(len(o.outputs[0].token_ids) == 3 for o in outs)
+    greedy = smollm2_llm.generate("b", SamplingParams(temperature=0, max_tokens=3))[0]
+    assert outs[1].outputs[0].token_ids == greedy.outputs[0].token_ids  # tiny temperature acts greedy

@@ -110,7 +110,7 @@ def test_greedy_matches_transformers_alone_and_batched(smollm2_llm, hf_greedy_ou
 def test_chunked_prefill_and_preemption_keep_greedy_tokens(hf_greedy_outputs):
     prompts, expected = hf_greedy_outputs
     # 12 blocks of 4 tokens cannot hold six prompts plus their outputs: preemption must happen
-    llm = LLM("smollm2-135m-instruct", num_kv_blocks=24, block_size=4, max_num_batched_tokens=16)
+    llm = LLM("smollm2-135m-instruct", num_kv_blocks=24, block_size=4, max_num_batched_tokens=16, max_num_seqs=16)
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=20))
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert sum(o.num_preemptions for o in outputs) > 0

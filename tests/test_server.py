@@ -242,3 +242,33 @@ def test_bench_against_the_server_writes_complete_json(server, tmp_path):
     result = json.loads(out.read_text())
     assert len(result["requests"]) == 6
     assert all(r["success"] for r in result["requests"])
+
+
+def test_chat_content_parts_and_bad_parts(server, client):
+    parts = [{"type": "text", "text": "What is the capital of "}, {"type": "text", "text": "France?"}]
+    reply = client.chat.completions.create(model=REAL, messages=[{"role": "user", "content": parts}],
+                                           max_tokens=12, temperature=0)
+    assert "Paris" in reply.choices[0].message.content
+    bad = {"model": REAL, "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}
+    response = httpx.post(server.url + "/v1/chat/completions", json=bad, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+    image = {"model": REAL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    assert httpx.post(server.url + "/v1/chat/completions", json=image, timeout=30).status_code == 400
+
+
+def test_engine_failure_is_a_server_error_not_a_completion(server, monkeypatch):
+    engine = server.engine(TINY)
+    real_execute = engine.runner.execute
+
+    def broken(*args, **kwargs):
+        monkeypatch.setattr(engine.runner, "execute", real_execute)
+        raise RuntimeError("simulated device fault")
+
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    response = httpx.post(server.url + "/v1/completions", timeout=60,
+                          json={"model": TINY, "prompt": "hello", "max_tokens": 4})
+    assert response.status_code == 500 and "simulated device fault" in response.json()["error"]["message"]
+    assert engine.kv.pool.num_used_blocks == 0
+    ok = httpx.post(server.url + "/v1/completions", timeout=60,
+                    json={"model": TINY, "prompt": "hello", "ignore_eos": True})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 16  # the default max_tokens

@@ -24,11 +24,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _Stream:
+    """Only the newest output is kept: outputs are cumulative, so a consumer that falls behind
+    skips snapshots instead of piling them up (a stalled client costs one output, not thousands)."""
+
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    latest: RequestOutput | BaseException | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def put(self, item: RequestOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        self.loop.call_soon_threadsafe(self._set, item)
+
+    def _set(self, item: RequestOutput | BaseException) -> None:
+        if not isinstance(self.latest, BaseException):  # an error is never overwritten
+            self.latest = item
+        self.ready.set()
+
+    async def get(self) -> RequestOutput | BaseException:
+        await self.ready.wait()
+        self.ready.clear()
+        item, self.latest = self.latest, None
+        return item
 
 
 class AsyncEngine:
@@ -88,7 +103,7 @@ class AsyncEngine:
         finished = False
         try:
             while not finished:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
@@ -100,19 +115,27 @@ class AsyncEngine:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
-        model = self._owner.get(request_id)
+        self._streams.pop(request_id, None)
+        model = self._owner.pop(request_id, None)
         if model is not None:
             self._commands.put(("abort", model, request_id))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     # -- the engine thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            busy = any(e.has_unfinished_requests() for e in self.engines.values())
-            self._drain_commands(block=not busy)
-            for name, engine in self.engines.items():
-                if engine.has_unfinished_requests():
-                    self._step(name, engine)
+            try:
+                busy = any(e.has_unfinished_requests() for e in self.engines.values())
+                self._drain_commands(block=not busy)
+                for name, engine in self.engines.items():
+                    if engine.has_unfinished_requests():
+                        self._step(name, engine)
+            except Exception:  # the loop must outlive any one bad command or callback
+                logger.exception("engine loop error")
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -132,10 +155,13 @@ class AsyncEngine:
             _, model, prompt_ids, params, request_id = command
             with self._lock:
                 self._pending[model] -= 1
+            if request_id not in self._streams:
+                return  # aborted before it reached the engine
             try:
                 self.engines[model].add_request(prompt_ids, params, request_id)
             except Exception as exc:  # validated already; anything here is reported, not fatal
                 self._send(request_id, exc)
+                self._owner.pop(request_id, None)
         elif kind == "abort":
             _, model, request_id = command
             self.engines[model].abort_request(request_id)
@@ -150,12 +176,16 @@ class AsyncEngine:
             for request_id in list(engine.states):
                 engine.abort_request(request_id)
                 self._send(request_id, RuntimeError(f"engine error: {exc}"))
+                self._owner.pop(request_id, None)
         for output in outputs:
             self._send(output.request_id, output)
             if output.finished:
                 self._owner.pop(output.request_id, None)
         if self.on_step is not None:
-            self.on_step(name, engine, outputs)
+            try:
+                self.on_step(name, engine, outputs)
+            except Exception:
+                logger.exception("step callback failed")
 
     def _send(self, request_id: str, item: RequestOutput | BaseException) -> None:
         stream = self._streams.get(request_id)

@@ -34,6 +34,10 @@ class EngineConfig:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{field_name} must be a positive integer, got {value!r}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # running requests are served in order; a budget below the batch size would starve the tail
+            raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                              f"max_num_seqs ({self.max_num_seqs})")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:

@@ -16,7 +16,7 @@ from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from coserve.engine.request import Request, RequestStatus
 from coserve.engine.scheduler import Scheduler, SchedulerConfig
-from coserve.errors import ContextLengthError, InvalidRequestError
+from coserve.errors import ConfigError, ContextLengthError, InvalidRequestError
 from coserve.execution.attention import get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache, page_bytes
 from coserve.execution.memory import host_zeros
@@ -98,15 +98,18 @@ class LLMEngine:
         if budget is None and self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * config.gpu_memory_utilization) - (1 << 30)  # headroom for activations
+            if budget <= 0:
+                raise ConfigError(f"no GPU memory left for the KV cache on {self.device} "
+                                  f"({free / 2**30:.1f} GiB free); set kv_cache_memory_bytes or num_kv_blocks")
         budget = budget or CPU_DEFAULT_KV_BYTES
         return max(1, budget // page_bytes(self.spec, config.block_size, self.spec.num_layers, self.dtype))
 
     # -- requests ------------------------------------------------------------------------------
 
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         if self.tokenizer is None:
             raise InvalidRequestError(f"model {self.config.name!r} has no tokenizer: pass token ids", "prompt")
-        return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         if self.tokenizer is None:
@@ -121,17 +124,18 @@ class LLMEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
+                    request_id: str | None = None, prompt_token_ids: list[int] | None = None) -> str:
+        """Queue a request; `prompt_token_ids`, when the caller already tokenised `prompt`, skips that."""
         params = params or SamplingParams()
         params.validate()
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self.states:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         text = prompt if isinstance(prompt, str) else None
-        token_ids = self._prompt_ids(prompt)
+        token_ids = prompt_token_ids if prompt_token_ids is not None else self._prompt_ids(prompt)
         self._check_length(len(token_ids), params)
-        request = Request(request_id, token_ids, params, model=self.config.name,
-                          eos_token_id=self._eos_token_id(), max_model_len=self.max_model_len)
+        request = Request(request_id, token_ids, params, eos_token_ids=self.eos_token_ids,
+                          max_model_len=self.max_model_len)
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
         self.states[request_id] = RequestState(request, text, detokenizer, RequestMetrics(self.clock()))
         self.scheduler.add_request(request)
@@ -158,6 +162,10 @@ class LLMEngine:
         return token_ids
 
     def _check_length(self, prompt_len: int, params: SamplingParams) -> None:
+        capacity = self.kv.pool.num_blocks * self.config.block_size
+        if prompt_len >= capacity:
+            raise ContextLengthError(f"the prompt has {prompt_len} tokens but this deployment's KV cache holds "
+                                     f"only {capacity} tokens", "prompt")
         limit = self.max_model_len
         if prompt_len >= limit:
             raise ContextLengthError(
@@ -169,10 +177,12 @@ class LLMEngine:
                 f" were requested ({prompt_len} in the prompt, {params.max_tokens} in max_tokens)",
                 "max_tokens")
 
-    def _eos_token_id(self) -> int | None:
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            return self.tokenizer.eos_token_id
-        return self.spec.eos_token_id
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = {self.spec.eos_token_id, *self.spec.eos_token_ids}
+        if self.tokenizer is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(i for i in ids if i is not None)
 
     def abort_request(self, request_id: str) -> None:
         state = self.states.pop(request_id, None)
@@ -215,10 +225,10 @@ class LLMEngine:
         metrics.last_token_time = now
         metrics.token_times.append(now)
         stop = state.detokenizer.add_tokens([token])
-        if stop is not None and not state.request.finished:
-            state.request.stop_reason = stop
+        if stop is not None:
+            # a stop string wins over max_tokens reached by the same token
             self.scheduler.finish_request(state.request, RequestStatus.FINISHED_STOPPED)
-        elif stop is not None:
+            state.request.status = RequestStatus.FINISHED_STOPPED
             state.request.stop_reason = stop
         return self._output(state)
 
@@ -229,15 +239,18 @@ class LLMEngine:
 
     def _fail(self, out, exc: Exception) -> list[RequestOutput]:
         outputs = []
-        for item in out.scheduled:
-            state = self.states.get(item.request.request_id)
+        now = self.clock()
+        # requests the scheduler already ended this step must still be reported, or they wait forever
+        for request in [item.request for item in out.scheduled] + out.finished:
+            state = self.states.get(request.request_id)
             if state is None:
                 continue
-            self.scheduler.finish_request(state.request, RequestStatus.FINISHED_ERROR)
+            self.scheduler.finish_request(request, RequestStatus.FINISHED_ERROR)
             output = self._output(state)
-            output.error = f"{type(exc).__name__}: {exc}"
+            if request.status is RequestStatus.FINISHED_ERROR:
+                output.error = f"{type(exc).__name__}: {exc}"
             outputs.append(output)
-            self._retire(item.request.request_id, self.clock())
+            self._retire(request.request_id, now)
         return outputs
 
     def _output(self, state: RequestState) -> RequestOutput:

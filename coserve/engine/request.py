@@ -31,9 +31,7 @@ class Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    arrival_time: float = 0.0
-    model: str = "default"
-    eos_token_id: int | None = None
+    eos_token_ids: frozenset[int] = frozenset()
     max_model_len: int = 1 << 30
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
@@ -73,7 +71,7 @@ class Request:
 
     def _stop_status(self, token_id: int) -> RequestStatus | None:
         params = self.params
-        if not params.ignore_eos and token_id == self.eos_token_id:
+        if not params.ignore_eos and token_id in self.eos_token_ids:
             self.stop_reason = None
             return RequestStatus.FINISHED_STOPPED
         if token_id in params.stop_token_ids:

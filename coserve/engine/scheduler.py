@@ -69,6 +69,7 @@ class Scheduler:
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """End a request from outside (abort, stop string, error) and release its pages."""
         if request.finished:
+            self.kv.free(request)  # no-op unless something still holds pages
             return
         if request in self.running:
             self.running.remove(request)

@@ -42,8 +42,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the models in a config")
     p.add_argument("config", nargs="?", help="YAML server config (default: the embedded models)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=None, help="default: the config's, else 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: the config's, else 8000")
     p.set_defaults(func=_serve)
 
 

@@ -31,14 +31,16 @@ class LLM:
             prompts = [prompts]
         params_list = _broadcast(params, len(prompts))
         # validate everything first so a bad prompt rejects the call without queueing the rest
-        for prompt, p in zip(prompts, params_list):
+        token_ids = [self.engine._prompt_ids(prompt) for prompt in prompts]
+        for ids, p in zip(token_ids, params_list):
             p.validate()
-            self.engine._check_length(len(self.engine._prompt_ids(prompt)), p)
+            self.engine._check_length(len(ids), p)
         ids = []
         for index, (prompt, p) in enumerate(zip(prompts, params_list)):
             for copy in range(p.n):
                 child = p if p.n == 1 else _child_params(p, copy)
-                ids.append(self.engine.add_request(prompt, child, request_id=f"llm-{index}-{copy}"))
+                ids.append(self.engine.add_request(prompt, child, request_id=f"llm-{index}-{copy}",
+                                                   prompt_token_ids=token_ids[index]))
         finished = self._run(len(ids), use_tqdm if use_tqdm is not None else len(ids) > 8)
         return [_merge(prompt_index, p.n, finished) for prompt_index, p in enumerate(params_list)]
 
@@ -46,7 +48,9 @@ class LLM:
              params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool | None = None) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [self.engine.apply_chat_template(c) for c in conversations]
+        # the template places any BOS token itself, so no special tokens are added when encoding
+        prompts = [self.engine.tokenize(self.engine.apply_chat_template(c), add_special_tokens=False)
+                   for c in conversations]
         return self.generate(prompts, params, use_tqdm)
 
     def _run(self, total: int, show_progress: bool) -> dict[str, RequestOutput]:

@@ -29,8 +29,10 @@ def load():
             try:
                 from torch.utils.cpp_extension import load as build
 
-                flags = ["-O3", "-march=native", "-fopenmp-simd"]
-                _module = build("coserve_cpu_kernels", [str(s) for s in _SOURCES], extra_cflags=flags, verbose=False)
+                # -fopenmp turns at::parallel_for on (without it the kernels run on one thread)
+                flags = ["-O3", "-march=native", "-fopenmp"]
+                _module = build("coserve_cpu_kernels", [str(s) for s in _SOURCES], extra_cflags=flags,
+                                extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as exc:  # no compiler or headers: the PyTorch paths still work
                 _failure = f"{type(exc).__name__}: {exc}"
                 logger.warning("coserve CPU kernels unavailable, using PyTorch paths: %s", _failure)

@@ -38,14 +38,17 @@ class Sampler:
         if params.seed is None:
             return self.default_generator
         if request_id not in self._generators:
-            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+            # fold negative and n-offset seeds into the generator's 64-bit range
+            seed = params.seed % 2**64
+            self._generators[request_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self._generators[request_id]
 
     @staticmethod
     def _probabilities(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         temperature = torch.tensor([p.temperature for p in params], device=logits.device)
         logits = logits / temperature.unsqueeze(1)
-        top_k = [p.top_k if p.top_k > 0 else logits.shape[1] for p in params]
+        vocab = logits.shape[1]
+        top_k = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]
         top_p = [p.top_p for p in params]
         if min(top_k) < logits.shape[1] or min(top_p) < 1.0:
             logits = _apply_top_k_top_p(logits, top_k, top_p)

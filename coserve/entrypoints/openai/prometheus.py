@@ -33,7 +33,7 @@ class EngineMetrics:
         self.success = Counter("vllm:request_success", "Finished requests", label + ["finished_reason"],
                                registry=r)
         self._preemptions_seen: dict[str, int] = {}
-        self._tokens_seen: dict[str, int] = {}
+        self._tokens_seen: dict[str, dict[str, int]] = {}  # model -> request -> tokens counted
 
     def refresh_gauges(self, engines: dict[str, LLMEngine]) -> None:
         """Read the engines' current state at scrape time (an abort changes it without a step)."""
@@ -44,21 +44,24 @@ class EngineMetrics:
 
     def on_step(self, name: str, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
         """Called on the engine thread after every step."""
+        seen = self._tokens_seen.setdefault(name, {})
         total = engine.scheduler.num_preemptions
         self.preemptions.labels(name).inc(total - self._preemptions_seen.get(name, 0))
         self._preemptions_seen[name] = total
         for output in outputs:
-            self._observe_token(name, output)
+            self._observe_token(name, output, seen)
             if output.finished:
                 self._observe_finished(name, output)
+        # aborted requests never emit a finished output; forget them here
+        for request_id in [r for r in seen if r not in engine.states]:
+            del seen[request_id]
 
-    def _observe_token(self, name: str, output: RequestOutput) -> None:
+    def _observe_token(self, name: str, output: RequestOutput, tokens_seen: dict[str, int]) -> None:
         metrics = output.metrics
         count = len(output.outputs[0].token_ids)
-        seen = self._tokens_seen.pop(output.request_id, 0) if output.finished else \
-            self._tokens_seen.get(output.request_id, 0)
+        seen = tokens_seen.pop(output.request_id, 0) if output.finished else tokens_seen.get(output.request_id, 0)
         if not output.finished:
-            self._tokens_seen[output.request_id] = count
+            tokens_seen[output.request_id] = count
         if metrics is None or count <= seen:
             return
         self.generation_tokens.labels(name).inc(count - seen)

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from coserve.engine.outputs import RequestOutput
 
 
+class EngineRequestError(RuntimeError):
+    """The engine failed this request (for instance a failed step); the client gets a server error."""
+
+
 @dataclass
 class _Choice:
     text: str = ""
@@ -33,6 +37,8 @@ class ResponseBuilder:
         self.holdback = max((len(s) for s in stop or ()), default=1) - 1
 
     def record(self, index: int, output: RequestOutput) -> None:
+        if output.error:
+            raise EngineRequestError(output.error)
         choice = self.choices[index]
         completion = output.outputs[0]
         choice.text = completion.text

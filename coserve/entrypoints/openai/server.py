@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
@@ -64,7 +65,7 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200)
+        return Response(status_code=200 if async_engine.alive else 503)
 
     @app.get("/version")
     async def version() -> dict:
@@ -98,7 +99,9 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
         try:
             req = schema.model_validate(body)
             engine = async_engine.engine(req.model)
-            params = req.sampling_params(default_max_tokens.get(req.model))
+            # completions default to 16 tokens as OpenAI's do; chat runs to the context by default
+            fallback = default_max_tokens.get(req.model) or (None if chat else 16)
+            params = req.sampling_params(fallback)
             prompts = _prompts(engine, req, chat)
             for prompt_ids in prompts:
                 engine._check_length(len(prompt_ids), params)
@@ -109,6 +112,9 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
             return error_response(404, str(exc), "invalid_request_error", "model", "model_not_found")
         except InvalidRequestError as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
+        except TemplateError as exc:
+            return error_response(400, f"the chat template rejected these messages: {exc}",
+                                  "invalid_request_error", "messages")
         builder = ResponseBuilder(req.model, chat, len(prompts), params.n, req.include_usage, params.stop)
         try:
             streams = _fan_out(async_engine, req.model, prompts, params, builder.request_id)
@@ -128,7 +134,8 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
 def _prompts(engine: LLMEngine, req, chat: bool) -> list[list[int]]:
     if chat:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return [engine._prompt_ids(engine.apply_chat_template(messages))]
+        # the template already placed any BOS token; adding special tokens again would double it
+        return [engine.tokenize(engine.apply_chat_template(messages), add_special_tokens=False)]
     prompt = req.prompt
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]
@@ -166,11 +173,14 @@ async def _next(stream: AsyncIterator, index: int):
 async def _merged(streams: list[AsyncIterator], http_request: Request):
     """Outputs of all choices as they come; stops (and aborts everything) if the client leaves."""
     pending = {asyncio.ensure_future(_next(s, i)): i for i, s in enumerate(streams)}
+    checked = time.monotonic()
     try:
         while pending:
             done, _ = await asyncio.wait(pending, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            if not done and await http_request.is_disconnected():
-                return
+            if time.monotonic() - checked >= 1.0:  # while tokens flow too, not only when idle
+                checked = time.monotonic()
+                if await http_request.is_disconnected():
+                    return
             for task in done:
                 index = pending.pop(task)
                 _, output = task.result()

@@ -47,6 +47,8 @@ class ModelSpec:
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # every id the config treats as end of sequence (Llama 3 lists several)
+    eos_token_ids: tuple[int, ...] = field(default=(), hash=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
@@ -100,6 +102,7 @@ class ModelSpec:
             sliding_window=sliding_window,
             bos_token_id=config.get("bos_token_id"),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
         )
 
     def to_hf_config(self) -> dict[str, Any]:
