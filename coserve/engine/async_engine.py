@@ -181,6 +181,7 @@ class AsyncEngine:
             self._send(output.request_id, output)
             if output.finished:
                 self._owner.pop(output.request_id, None)
+                _log_finished(name, output)
         if self.on_step is not None:
             try:
                 self.on_step(name, engine, outputs)
@@ -191,3 +192,16 @@ class AsyncEngine:
         stream = self._streams.get(request_id)
         if stream is not None:
             stream.put(item)
+
+
+def _log_finished(model: str, output: RequestOutput) -> None:
+    """One info line per request (never per token)."""
+    metrics = output.metrics
+    completion = output.outputs[0]
+    ttft = e2e = float("nan")
+    if metrics is not None and metrics.first_token_time is not None:
+        ttft = metrics.first_token_time - metrics.arrival_time
+        e2e = (metrics.last_token_time or metrics.first_token_time) - metrics.arrival_time
+    logger.info("request %s model=%s prompt_tokens=%d output_tokens=%d finish=%s ttft=%.3fs e2e=%.3fs",
+                output.request_id, model, len(output.prompt_token_ids), len(completion.token_ids),
+                completion.finish_reason, ttft, e2e)
