@@ -12,6 +12,7 @@ import torch
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
 from coserve.engine.detokenizer import IncrementalDetokenizer
+from coserve.engine.device_pool import DeviceKVPool
 from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from coserve.engine.request import Request, RequestStatus
@@ -49,7 +50,9 @@ def _move_to_huge_pages(model: torch.nn.Module) -> None:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, clock=time.monotonic):
+    """`pool`: a device's shared page pool; without one the engine owns a pool of its own."""
+
+    def __init__(self, config: EngineConfig, clock=time.monotonic, pool: DeviceKVPool | None = None):
         self.config = config
         self.clock = clock
         self.device = torch.device(config.device)
@@ -67,10 +70,15 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 32768)
         self.model = self._build_model(loaded.state_dict)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        num_blocks = self._num_kv_blocks()
-        self.kv_cache = PagedKVCache(self.spec, num_blocks, config.block_size, self.spec.num_layers,
-                                     self.dtype, self.device)
-        self.kv = KVCacheManager(BlockPool(num_blocks), config.block_size, owner=config.name)
+        if pool is None:
+            num_blocks = self._num_kv_blocks()
+            self.kv_cache = PagedKVCache(self.spec, num_blocks, config.block_size, self.spec.num_layers,
+                                         self.dtype, self.device)
+            self.kv = KVCacheManager(BlockPool(num_blocks), config.block_size, owner=config.name)
+        else:
+            self.kv_cache = pool.cache_for(self.spec, self.dtype)
+            self.kv = KVCacheManager(pool.blocks, self.kv_cache.block_size, owner=config.name)
+        num_blocks = self.kv.pool.num_blocks
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    config.long_prefill_token_threshold), self.kv)
         attention = get_attention_backend(config.attention_backend, self.device)
@@ -78,7 +86,7 @@ class LLMEngine:
         self.states: dict[str, RequestState] = {}
         self._ids = itertools.count()
         logger.info("%s: %.1f MB weights, %d KV blocks of %d tokens (%.1f MB), max_model_len %d",
-                    config.name, self.weight_bytes / 1e6, num_blocks, config.block_size,
+                    config.name, self.weight_bytes / 1e6, num_blocks, self.kv.block_size,
                     self.kv_cache.nbytes / 1e6, self.max_model_len)
 
     def _build_model(self, state_dict: dict[str, torch.Tensor]) -> LlamaModel:
@@ -162,7 +170,8 @@ class LLMEngine:
         return token_ids
 
     def _check_length(self, prompt_len: int, params: SamplingParams) -> None:
-        capacity = self.kv.pool.num_blocks * self.config.block_size
+        pool = self.kv.pool
+        capacity = min(pool.num_blocks, pool.quotas.get(self.kv.owner, pool.num_blocks)) * self.kv.block_size
         if prompt_len >= capacity:
             raise ContextLengthError(f"the prompt has {prompt_len} tokens but this deployment's KV cache holds "
                                      f"only {capacity} tokens", "prompt")
