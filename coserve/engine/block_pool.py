@@ -55,6 +55,3 @@ class BlockPool:
             self._owner[block] = None
             self._free.append(block)
         self.used_by[owner] -= len(blocks)
-
-    def owner_of(self, block: int) -> str | None:
-        return self._owner[block]

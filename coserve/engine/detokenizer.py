@@ -17,11 +17,6 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = 0
 
-    @property
-    def holdback(self) -> int:
-        """Characters a stream should not emit yet: they may turn out to start a stop string."""
-        return max((len(s) for s in self.stop), default=1) - 1
-
     def add_tokens(self, new_ids: list[int]) -> str | None:
         """Extend the text; returns the stop string that ended it, if one appeared."""
         self.token_ids.extend(new_ids)

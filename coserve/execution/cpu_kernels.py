@@ -6,7 +6,9 @@ no compiler is available everything falls back to plain PyTorch, only slower.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import platform
 import threading
 from pathlib import Path
 
@@ -31,12 +33,21 @@ def load():
 
                 # -fopenmp turns at::parallel_for on (without it the kernels run on one thread)
                 flags = ["-O3", "-march=native", "-fopenmp"]
-                _module = build("coserve_cpu_kernels", [str(s) for s in _SOURCES], extra_cflags=flags,
-                                extra_ldflags=["-fopenmp"], verbose=False)
+                _module = build(f"coserve_cpu_kernels_{_cpu_fingerprint()}", [str(s) for s in _SOURCES],
+                                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as exc:  # no compiler or headers: the PyTorch paths still work
                 _failure = f"{type(exc).__name__}: {exc}"
                 logger.warning("coserve CPU kernels unavailable, using PyTorch paths: %s", _failure)
     return _module
+
+
+def _cpu_fingerprint() -> str:
+    """-march=native code must not be reused on another CPU model: key the build by the CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
 SMALL_BATCH = 4
