@@ -115,3 +115,36 @@ def test_chunked_prefill_and_preemption_keep_greedy_tokens(hf_greedy_outputs):
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert sum(o.num_preemptions for o in outputs) > 0
     assert llm.engine.num_free_blocks == llm.engine.num_blocks
+
+
+def test_layer_range_stages_chain_to_the_full_model(tmp_path):
+    """Two stages [0, k) and [k, L) passing hidden states give the full model's logits (pipeline parts)."""
+    from coserve.execution.attention import get_attention_backend
+    from coserve.execution.kv_cache import PagedKVCache
+    from coserve.execution.models.llama import LlamaModel
+    from coserve.execution.weights import load_model
+
+    reference_model = _random_hf_model(tmp_path, "llama", tie_word_embeddings=True)
+    ids = torch.randint(0, 512, (21,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.no_grad():
+        reference = reference_model(torch.tensor([ids])).logits[0]
+    llm = LLM(str(tmp_path), num_kv_blocks=16, block_size=4)
+    request = Request("stage", ids, SamplingParams())
+    assert llm.engine.kv.allocate_slots(request, len(ids))
+    inputs = llm.engine.runner.prepare(SchedulerOutput([ScheduledRequest(request, len(ids))]),
+                                       llm.engine.kv.block_tables)
+    attention = get_attention_backend("sdpa_gather")
+    spec, cut = llm.engine.spec, 2
+    hidden = None
+    for start, end in [(0, cut), (cut, spec.num_layers)]:
+        stage_weights = load_model(str(tmp_path), layer_range=(start, end), tokenizer=False).state_dict
+        stage = LlamaModel(spec, start, end)
+        stage.load_hf_state_dict(stage_weights)
+        cache = PagedKVCache(spec, 16, 4, end - start, torch.float32)
+        with torch.no_grad():
+            hidden = stage(inputs.positions, cache.layers, inputs.meta, attention,
+                           input_ids=inputs.input_ids if start == 0 else None, hidden=hidden)
+    with torch.no_grad():
+        logits = stage.compute_logits(hidden)
+    assert relative_error(logits, reference) < 1e-4
+    assert "model.embed_tokens.weight" in stage_weights  # the tied head stage carries the embedding
