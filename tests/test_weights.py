@@ -205,7 +205,8 @@ def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def write_gguf(path: Path, spec: ModelSpec, state_dict: dict, qtype: T = T.F32) -> dict:
+def write_gguf(path: Path, spec: ModelSpec, state_dict: dict, qtype: T = T.F32,
+               rope_freqs: np.ndarray | None = None) -> dict:
     """Write `state_dict` as llama.cpp would; returns the tensors a faithful loader must give back."""
     arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}[spec.architecture]
     writer = gguf.GGUFWriter(str(path), arch)
@@ -237,6 +238,8 @@ def write_gguf(path: Path, spec: ModelSpec, state_dict: dict, qtype: T = T.F32) 
         if arch == "llama" and heads:
             stored = llama_cpp_permute(stored, heads)
         writer.add_tensor(to_gguf_name(name), stored, raw_dtype=qtype if quantised else None)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -491,3 +494,30 @@ def test_unsupported_gguf_architecture(tmp_path):
     writer.close()
     with pytest.raises(ModelConfigError, match="gpt2"):
         load_model(str(tmp_path / "gpt2.gguf"))
+
+
+def test_gguf_rope_freq_factors_give_llama3_rope(tmp_path):
+    """llama.cpp stores Llama 3.1 rope scaling as `rope_freqs.weight`; the model must match HF's llama3 rope."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from coserve import LLM
+
+    from .test_model_vs_hf import full_logits, relative_error
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    spec = dataclasses.replace(TINY, rope_scaling=scaling)
+    model = hf_model(spec)
+    default, _ = ROPE_INIT_FUNCTIONS["linear"](model.config.__class__(
+        **{**model.config.to_dict(), "rope_parameters": {"rope_type": "linear", "factor": 1.0,
+                                                         "rope_theta": spec.rope_theta}}), "cpu")
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")
+    path = tmp_path / "llama31.gguf"
+    write_gguf(path, dataclasses.replace(spec, rope_scaling=None), model.state_dict(),
+               rope_freqs=(default / scaled).float().numpy())
+    llm = LLM(str(path), num_kv_blocks=16, block_size=4)
+    assert llm.engine.spec.rope_scaling["rope_type"] == "freq_factors"
+    ids = list(range(3, 40))  # beyond the 16-token original context, where the scaling bites
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0]
+    assert relative_error(full_logits(llm, ids), reference) < 1e-4

@@ -28,6 +28,8 @@ class WorkloadSpec:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("a workload needs at least one model")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
         for name in ("request_rate", "burstiness", "time_scale"):

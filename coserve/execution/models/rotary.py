@@ -78,6 +78,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
         return inv_freq / scaling["factor"], 1.0
     if rope_type == "llama3":
         return _llama3_inv_freq(inv_freq, scaling), 1.0
+    if rope_type == "freq_factors":  # GGUF's form of the same idea: one divisor per frequency
+        return inv_freq / torch.tensor(scaling["factors"], dtype=torch.float32), 1.0
     if rope_type == "yarn":
         return _yarn_inv_freq(head_dim, theta, scaling, max_position)
     if rope_type == "dynamic":

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from coserve.execution.models.spec import ModelSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rope frequency factors kept in the spec
 DEFAULT_CACHE_DIR = "~/.cache/coserve"
 
 

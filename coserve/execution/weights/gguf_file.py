@@ -45,9 +45,10 @@ LAYER_NAMES = {
 }
 LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
-# llama 3.1 files carry precomputed rope frequency factors instead of rope-scaling metadata. Hugging Face
-# models have no such parameter (transformers drops it too); only positions past 8k would differ.
-IGNORED_TENSORS = {"rope_freqs.weight"}
+# Llama 3.1+ files carry their rope scaling as per-frequency divisors in this tensor rather than as
+# metadata; it changes every position's rotation, so it becomes the spec's rope scaling.
+ROPE_FREQS = "rope_freqs.weight"
+IGNORED_TENSORS = {ROPE_FREQS}
 
 
 @dataclass
@@ -114,12 +115,19 @@ def spec_from_reader(reader: GGUFReader, path: Path) -> ModelSpec:
         max_position_embeddings=int(key("context_length", 4096)),
         rms_norm_eps=_decimal(key("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=_decimal(key("rope.freq_base", 10000.0)),
-        rope_scaling=_rope_scaling(key),
+        rope_scaling=_rope_freq_factors(reader, path) or _rope_scaling(key),
         tie_word_embeddings="output.weight" not in tensors,
         attention_bias="blk.0.attn_q.bias" in tensors,
         bos_token_id=metadata(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=metadata(reader, "tokenizer.ggml.eos_token_id"),
     )
+
+
+def _rope_freq_factors(reader: GGUFReader, path: Path) -> dict[str, Any] | None:
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return None
+    return {"rope_type": "freq_factors", "factors": [float(f) for f in _decode(tensor, path).reshape(-1)]}
 
 
 def _decimal(value: float) -> float:

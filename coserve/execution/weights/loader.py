@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedTokenizerBase
 
 from coserve.execution.models.spec import ModelSpec, parse_dtype
@@ -83,7 +84,13 @@ def _load_gguf(source: ModelSource, layer_range: tuple[int, int] | None, tokeniz
     layer_range = check_layer_range(info.spec, layer_range)
     names = expected_shapes(info.spec, layer_range)
     if decoded is None:
-        state_dict = cache.read_tensors(entry, names)
+        try:
+            state_dict = cache.read_tensors(entry, names)
+        except Exception:  # the entry vanished or broke after its metadata was read: decode again
+            logger.warning("cache entry %s unreadable; decoding %s again", entry.folder, source.path)
+            decoded = read_gguf(source.path).state_dict
+            _write_cache(entry, decoded, info)
+            state_dict = {name: decoded[name] for name in names}
     else:
         state_dict = {name: decoded[name] for name in names}
     tok = gguf_tokenizer(source.path, entry.tokenizer) if tokenizer and info.has_tokenizer else None
@@ -97,5 +104,5 @@ def _write_cache(entry: cache.CacheEntry, state_dict: dict[str, torch.Tensor],
     try:
         cache.write_weights(entry, state_dict, info)
         entry.drop_stale_versions()
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error type
         logger.warning("cannot cache dequantised weights in %s: %s", entry.folder, exc)

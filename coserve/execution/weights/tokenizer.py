@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from coserve.execution.weights.cache import write_tree_atomically
 
 # any one of these means the directory ships a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+logger = logging.getLogger(__name__)
 
 
 def gguf_tokenizer(path: Path, cached: Path) -> PreTrainedTokenizerBase:
@@ -25,7 +28,10 @@ def gguf_tokenizer(path: Path, cached: Path) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
         raise WeightLoadError(f"{path}: cannot build a tokenizer from the GGUF file ({exc})") from exc
-    write_tree_atomically(cached, tokenizer.save_pretrained)
+    try:
+        write_tree_atomically(cached, tokenizer.save_pretrained)
+    except OSError as exc:  # an unwritable cache costs the next start its speed, not this one its tokenizer
+        logger.warning("cannot cache the tokenizer in %s: %s", cached, exc)
     return tokenizer
 
 
