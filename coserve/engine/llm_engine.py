@@ -140,8 +140,8 @@ class LLMEngine:
         if request_id in self.states:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         text = prompt if isinstance(prompt, str) else None
-        token_ids = prompt_token_ids if prompt_token_ids is not None else self._prompt_ids(prompt)
-        self._check_length(len(token_ids), params)
+        token_ids = prompt_token_ids if prompt_token_ids is not None else self.prompt_token_ids_of(prompt)
+        self.check_length(len(token_ids), params)
         request = Request(request_id, token_ids, params, eos_token_ids=self.eos_token_ids,
                           max_model_len=self.max_model_len)
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
@@ -149,7 +149,8 @@ class LLMEngine:
         self.scheduler.add_request(request)
         return request_id
 
-    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+    def prompt_token_ids_of(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a text or id-list prompt, checked against the vocabulary (InvalidRequestError)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt must not be empty", "prompt")
@@ -169,7 +170,8 @@ class LLMEngine:
             raise InvalidRequestError("prompt must not be empty", "prompt")
         return token_ids
 
-    def _check_length(self, prompt_len: int, params: SamplingParams) -> None:
+    def check_length(self, prompt_len: int, params: SamplingParams) -> None:
+        """ContextLengthError unless the prompt and max_tokens fit the context and the KV pool."""
         pool = self.kv.pool
         capacity = min(pool.num_blocks, pool.quotas.get(self.kv.owner, pool.num_blocks)) * self.kv.block_size
         if prompt_len >= capacity:

@@ -31,10 +31,10 @@ class LLM:
             prompts = [prompts]
         params_list = _broadcast(params, len(prompts))
         # validate everything first so a bad prompt rejects the call without queueing the rest
-        token_ids = [self.engine._prompt_ids(prompt) for prompt in prompts]
+        token_ids = [self.engine.prompt_token_ids_of(prompt) for prompt in prompts]
         for ids, p in zip(token_ids, params_list):
             p.validate()
-            self.engine._check_length(len(ids), p)
+            self.engine.check_length(len(ids), p)
         ids = []
         for index, (prompt, p) in enumerate(zip(prompts, params_list)):
             for copy in range(p.n):

@@ -104,7 +104,7 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
             params = req.sampling_params(fallback)
             prompts = _prompts(engine, req, chat)
             for prompt_ids in prompts:
-                engine._check_length(len(prompt_ids), params)
+                engine.check_length(len(prompt_ids), params)
         except ValidationError as exc:
             message, param = _validation_message(exc)
             return error_response(400, message, "invalid_request_error", param)
@@ -141,7 +141,7 @@ def _prompts(engine: LLMEngine, req, chat: bool) -> list[list[int]]:
         prompt = [prompt]
     if not prompt:
         raise InvalidRequestError("prompt must not be empty", "prompt")
-    return [engine._prompt_ids(p) for p in prompt]
+    return [engine.prompt_token_ids_of(p) for p in prompt]
 
 
 def _fan_out(async_engine: AsyncEngine, model: str, prompts: list[list[int]], params,
