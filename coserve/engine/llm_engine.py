@@ -16,7 +16,7 @@ from coserve.engine.device_pool import DeviceKVPool
 from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from coserve.engine.request import Request, RequestStatus
-from coserve.engine.scheduler import Scheduler, SchedulerConfig
+from coserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from coserve.errors import ConfigError, ContextLengthError, InvalidRequestError
 from coserve.execution.attention import get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache, page_bytes
@@ -207,18 +207,34 @@ class LLMEngine:
     # -- one step ------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        out = self.begin_step()
+        if out is None:
+            return []
+        try:
+            sampled = self.runner.execute(out, self.kv.block_tables) if out.scheduled else {}
+        except Exception as exc:  # keep serving: fail this batch, free its pages
+            return self.fail_step(out, exc)
+        return self.finish_step(out, sampled)
+
+    # The two halves of a step, for executors that run the model elsewhere (a lane process).
+
+    def begin_step(self) -> SchedulerOutput | None:
+        """Schedule the next batch (None when there is nothing to do)."""
         out = self.scheduler.schedule()
         if out.is_empty and not out.finished:
-            return []
+            return None
         now = self.clock()
         for item in out.scheduled:
             metrics = self.states[item.request.request_id].metrics
             metrics.first_scheduled_time = metrics.first_scheduled_time or now
-        try:
-            sampled = self.runner.execute(out, self.kv.block_tables) if out.scheduled else {}
-        except Exception as exc:  # keep serving: fail this batch, free its pages
-            logger.exception("step failed; failing %d requests", len(out.scheduled))
-            return self._fail(out, exc)
+        return out
+
+    def fail_step(self, out: SchedulerOutput, exc: BaseException) -> list[RequestOutput]:
+        logger.error("step failed (%s); failing %d requests", exc, len(out.scheduled))
+        return self._fail(out, exc)
+
+    def finish_step(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[RequestOutput]:
+        """Apply a batch's sampled tokens: advance, detokenise, retire finished requests."""
         finished = self.scheduler.update_from_output(out, sampled)
         now = self.clock()
         outputs = [self._on_token(rid, token, now) for rid, token in sampled.items() if rid in self.states]
@@ -248,7 +264,7 @@ class LLMEngine:
         state.metrics.finished_time = now
         self.runner.sampler.forget(request_id)
 
-    def _fail(self, out, exc: Exception) -> list[RequestOutput]:
+    def _fail(self, out: SchedulerOutput, exc: BaseException) -> list[RequestOutput]:
         outputs = []
         now = self.clock()
         # requests the scheduler already ended this step must still be reported, or they wait forever

@@ -31,14 +31,13 @@ class ModelRunner:
         self.sampler = sampler
         self.device = torch.device(device)
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> dict[str, int]:
         inputs = self.prepare(out, block_tables)
-        hidden = self.model(inputs.positions, self.kv_cache.layers, inputs.meta, self.attention,
-                            input_ids=inputs.input_ids)
-        if not inputs.sampling_requests:
+        return self.sample(inputs, forward_logits(self.model, self.kv_cache, self.attention, inputs))
+
+    def sample(self, inputs: StepInputs, logits: torch.Tensor | None) -> dict[str, int]:
+        if logits is None:
             return {}
-        logits = self.model.compute_logits(hidden[inputs.logits_rows])
         ids = [r.request_id for r in inputs.sampling_requests]
         tokens = self.sampler(logits, ids, [r.params for r in inputs.sampling_requests])
         return dict(zip(ids, tokens))
@@ -82,6 +81,16 @@ class ModelRunner:
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+@torch.inference_mode()
+def forward_logits(model: LlamaModel, kv_cache: PagedKVCache, attention: AttentionBackend,
+                   inputs: StepInputs) -> torch.Tensor | None:
+    """The device half of a step (what a lane runs): the model over the batch, logits of sampled rows."""
+    hidden = model(inputs.positions, kv_cache.layers, inputs.meta, attention, input_ids=inputs.input_ids)
+    if not inputs.logits_rows.numel():
+        return None
+    return model.compute_logits(hidden[inputs.logits_rows])
 
 
 def _pad(tables: list[list[int]], lens: list[int], block_size: int) -> list[list[int]]:

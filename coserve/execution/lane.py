@@ -1,0 +1,110 @@
+"""A compute lane on CPU: a worker process pinned to its cores that runs one job at a time.
+
+Every lane of a device holds the same models: their weights and the device's KV pages are shared
+memory, so any lane can run any model's batch and a page written by one lane is read by the next.
+A job is the device half of a step (the model over a flattened batch, logits of the sampled rows);
+scheduling and sampling stay in the parent, which owns the requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import torch
+import torch.multiprocessing as mp
+
+from coserve.execution.attention import AttentionMetadata, get_attention_backend
+from coserve.execution.kv_cache import PagedKVCache
+from coserve.execution.model_runner import StepInputs, forward_logits
+from coserve.execution.models.llama import LlamaModel
+
+
+@dataclass
+class Job:
+    """What crosses to the lane: tensors only (requests and their token lists stay behind)."""
+
+    model: str
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor
+
+    @classmethod
+    def from_inputs(cls, model: str, inputs: StepInputs) -> Job:
+        meta = inputs.meta
+        meta.mask_cache.clear()
+        return cls(model, inputs.input_ids, inputs.positions, meta, inputs.logits_rows)
+
+
+class LaneError(RuntimeError):
+    """The lane's process died or its job raised."""
+
+
+def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]], cores: list[int],
+           attention_name: str) -> None:
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(max(1, len(cores)))
+    attention = get_attention_backend(attention_name)
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        try:
+            model, kv_cache = models[job.model]
+            inputs = StepInputs(job.input_ids, job.positions, job.meta, job.logits_rows, [])
+            logits = forward_logits(model, kv_cache, attention, inputs)
+            conn.send(("ok", None if logits is None else logits.clone()))
+        except Exception as exc:  # report, keep the lane alive for the next job
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class Lane:
+    def __init__(self, index: int, cores: list[int], models: dict[str, tuple[LlamaModel, PagedKVCache]],
+                 attention: str = "auto"):
+        self.index = index
+        self.cores = cores
+        context = mp.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, models, cores, attention), daemon=True,
+                                       name=f"coserve-lane-{index}")
+        self.process.start()
+        child.close()
+        if self._conn.recv() != "ready":
+            raise LaneError(f"lane {index} did not start")
+        self.busy_with: str | None = None  # the model whose job is in flight
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def submit(self, job: Job) -> None:
+        self.busy_with = job.model
+        self._conn.send(job)
+
+    def result(self) -> torch.Tensor | None:
+        """The finished job's logits; LaneError if the job failed or the process died."""
+        self.busy_with = None
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise LaneError(f"lane {self.index} died (exit code {self.process.exitcode})") from exc
+        if status == "error":
+            raise LaneError(f"lane {self.index}: {payload}")
+        return payload
+
+    def close(self) -> None:
+        if self.alive:
+            with contextlib.suppress(OSError):  # already gone: nothing to tell
+                self._conn.send(None)
+            self.process.join(timeout=5)
+        if self.alive:
+            self.process.kill()

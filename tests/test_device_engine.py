@@ -1,0 +1,122 @@
+"""Models sharing a device's pages and lanes (worker processes) under each multiplexing policy."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from coserve import SamplingParams
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import DeviceEngine
+from coserve.engine.device_pool import DeviceKVPool, PageLayout
+from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.multiplexer import ModelLoad, Multiplexer
+from coserve.errors import ConfigError
+from coserve.execution.weights import load_model
+
+REAL = "smollm2-135m-instruct"
+CONFIGS = {
+    "real": dict(model=REAL),
+    "tiny": dict(model="random:llama-tiny-49k", tokenizer=REAL, seed=1),
+    "small": dict(model="random:llama-small-49k", tokenizer=REAL, seed=2),
+}
+PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time"]
+PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def _engines(names: list[str], budget_mb: int = 64) -> dict[str, LLMEngine]:
+    configs = {n: EngineConfig(name=n, **CONFIGS[n]) for n in names}
+    specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, torch.float32) for c in configs.values()]
+    pool = DeviceKVPool(PageLayout.for_models(specs, budget_mb << 20))
+    return {n: LLMEngine(c, pool=pool) for n, c in configs.items()}
+
+
+def _run(driver, engines: dict[str, LLMEngine]) -> dict[str, list[int]]:
+    for name, engine in engines.items():
+        for i, prompt in enumerate(PROMPTS):
+            engine.add_request(prompt, PARAMS, request_id=f"{name}-{i}")
+    done = {}
+    while driver.has_unfinished_requests():
+        for output in driver.step():
+            if output.finished:
+                done[output.request_id] = output
+    return done
+
+
+class _Sequential:
+    """Reference: each model's engine stepped in-process, one after the other."""
+
+    def __init__(self, engines):
+        self.engines = engines
+
+    def has_unfinished_requests(self):
+        return any(e.has_unfinished_requests() for e in self.engines.values())
+
+    def step(self):
+        return [o for e in self.engines.values() for o in e.step()]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, list[int]]:
+    engines = _engines(list(CONFIGS))
+    return {rid: o.outputs[0].token_ids for rid, o in _run(_Sequential(engines), engines).items()}
+
+
+@pytest.mark.parametrize("policy,names,lanes", [("mux", list(CONFIGS), 2), ("temporal", list(CONFIGS), 1),
+                                                ("spatial", ["real", "small"], 2)])
+def test_policies_serve_everything_and_match_the_in_process_engine(reference, policy, names, lanes):
+    engines = _engines(names)
+    device = DeviceEngine(engines, policy, lanes)
+    try:
+        done = _run(device, engines)
+    finally:
+        device.close()
+    assert {rid: o.outputs[0].token_ids for rid, o in done.items()} == {
+        rid: tokens for rid, tokens in reference.items() if rid.split("-")[0] in names}
+    pool = next(iter(engines.values())).kv.pool
+    assert pool.num_free_blocks == pool.num_blocks
+
+
+def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
+    engines = _engines(["real", "tiny"])
+    device = DeviceEngine(engines, "mux", 2)
+    try:
+        for name, engine in engines.items():
+            engine.add_request("Tell me a long story", SamplingParams(max_tokens=40, ignore_eos=True),
+                               request_id=f"{name}-long")
+        device._dispatch()  # fill both lanes, without waiting for either
+        assert len(device.in_flight) == 2
+        victim = device.lanes[0]
+        victim_model = device.in_flight[0][0]
+        os.kill(victim.process.pid, signal.SIGKILL)
+        finished = {}
+        while device.has_unfinished_requests():
+            for output in device.step():
+                if output.finished:
+                    finished[output.request_id] = output
+        assert "died" in finished[f"{victim_model}-long"].error
+        survivor = next(n for n in engines if n != victim_model)
+        assert finished[f"{survivor}-long"].error is None
+        assert len(finished[f"{survivor}-long"].outputs[0].token_ids) == 40
+        assert device.lanes[0].alive  # restarted
+        again = _run(device, {victim_model: engines[victim_model]})
+        assert all(o.error is None for o in again.values())
+        pool = engines["real"].kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+    finally:
+        device.close()
+
+
+def test_multiplexer_orders_and_bad_configs():
+    loads = [ModelLoad("a", False, True, 3.0), ModelLoad("b", True, True, 5.0), ModelLoad("c", True, True, 1.0)]
+    mux = Multiplexer("mux", ["a", "b", "c"], 2)
+    assert [mux.pick(0, loads), mux.pick(1, loads), mux.pick(0, loads)] == ["b", "c", "b"]  # prefill first
+    assert Multiplexer("temporal", ["a", "b", "c"], 2).pick(0, loads) == "c"  # oldest request first
+    spatial = Multiplexer("spatial", ["a", "b"], 2)
+    assert spatial.pick(0, loads) == "a" and spatial.pick(1, loads) == "b"
+    for args in [("fastest", ["a"], 1), ("mux", ["a"], 0), ("spatial", ["a", "b", "c"], 2)]:
+        with pytest.raises(ConfigError):
+            Multiplexer(*args)
