@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from coserve.execution.attention import AttentionMetadata, get_attention_backend
+from coserve.execution.attention import AttentionMetadata, PrefillChunk, get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache
 from coserve.execution.model_runner import StepInputs, forward_logits
 from coserve.execution.models.llama import LlamaModel
@@ -24,19 +25,32 @@ from coserve.execution.models.llama import LlamaModel
 
 @dataclass
 class Job:
-    """What crosses to the lane: tensors only (requests and their token lists stay behind)."""
+    """What crosses to the lane: arrays only, pickled by value.
+
+    Sending torch tensors through a pipe shares each one through its own shared-memory segment
+    and file descriptor, which costs far more than copying a step's few kilobytes of indices.
+    """
 
     model: str
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
-    logits_rows: torch.Tensor
+    arrays: dict[str, np.ndarray]
+    prefills: list[tuple[int, int, int, np.ndarray]]
+    block_size: int
 
     @classmethod
     def from_inputs(cls, model: str, inputs: StepInputs) -> Job:
         meta = inputs.meta
-        meta.mask_cache.clear()
-        return cls(model, inputs.input_ids, inputs.positions, meta, inputs.logits_rows)
+        arrays = {"input_ids": inputs.input_ids, "positions": inputs.positions, "logits_rows": inputs.logits_rows,
+                  "slot_mapping": meta.slot_mapping, "decode_rows": meta.decode_rows,
+                  "decode_block_tables": meta.decode_block_tables, "decode_context_lens": meta.decode_context_lens}
+        prefills = [(c.start, c.end, c.num_computed_tokens, c.block_table.numpy()) for c in meta.prefills]
+        return cls(model, {k: v.numpy() for k, v in arrays.items()}, prefills, meta.block_size)
+
+    def inputs(self) -> StepInputs:
+        t = {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+        chunks = [PrefillChunk(start, end, done, torch.from_numpy(table)) for start, end, done, table in self.prefills]
+        meta = AttentionMetadata(self.block_size, t["slot_mapping"], t["decode_rows"], t["decode_block_tables"],
+                                 t["decode_context_lens"], chunks)
+        return StepInputs(t["input_ids"], t["positions"], meta, t["logits_rows"], [])
 
 
 class LaneError(RuntimeError):
@@ -56,9 +70,8 @@ def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]],
             return
         try:
             model, kv_cache = models[job.model]
-            inputs = StepInputs(job.input_ids, job.positions, job.meta, job.logits_rows, [])
-            logits = forward_logits(model, kv_cache, attention, inputs)
-            conn.send(("ok", None if logits is None else logits.clone()))
+            logits = forward_logits(model, kv_cache, attention, job.inputs())
+            conn.send(("ok", None if logits is None else logits.numpy()))
         except Exception as exc:  # report, keep the lane alive for the next job
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -99,7 +112,7 @@ class Lane:
             raise LaneError(f"lane {self.index} died (exit code {self.process.exitcode})") from exc
         if status == "error":
             raise LaneError(f"lane {self.index}: {payload}")
-        return payload
+        return None if payload is None else torch.from_numpy(payload)
 
     def close(self) -> None:
         if self.alive:

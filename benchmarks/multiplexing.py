@@ -1,0 +1,200 @@
+"""Three colocated models on one CPU device under spatial, temporal and mux policies, same budget.
+
+    python benchmarks/multiplexing.py [--num-prompts 48] [--rates 1 2 3 4] [--slo-scale 5]
+
+The real SmolLM2-135M and two random-weight Llama shapes (8 layers/384 wide and 2 layers/64 wide,
+sharing SmolLM2's vocabulary) get power-law popularity (alpha 1.3: the real model is the most
+popular) and ShareGPT length pairs scaled down to this CPU. Every policy gets the same device: the
+same KV bytes and the same cores.
+
+- spatial: each model on its own lane (3 lanes on the cores) and its own slice of the pages;
+- temporal: one lane on all cores, models served first come first served, pages shared;
+- mux: two lanes, prefill first then decode, any model on any lane, pages shared.
+
+The SLO of each model is `--slo-scale` times the TTFT and TPOT it reaches alone on the whole
+device, measured through the same lane machinery (MuxServe's definition). For each policy the
+script measures throughput with all requests released at once, then sweeps the request rate to
+find the highest rate that keeps 99% of requests within their SLO. It prints the tables, writes
+JSON, and ends with one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coserve import SamplingParams
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import DeviceEngine
+from coserve.engine.device_pool import DeviceKVPool, PageLayout, initial_quotas
+from coserve.engine.llm_engine import LLMEngine
+from coserve.execution.weights import load_model
+from coserve.metrics import SLO, RequestRecord, compute_metrics
+from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
+
+REAL = "smollm2-135m-instruct"
+MODELS = {
+    "smollm2": dict(model=REAL),
+    "small": dict(model="random:llama-small-49k", tokenizer=REAL, seed=1),
+    "tiny": dict(model="random:llama-tiny-49k", tokenizer=REAL, seed=2),
+}
+LANES = {"spatial": 3, "temporal": 1, "mux": 2}
+
+
+def build_device(policy: str, kv_bytes: int, rates: dict[str, float]) -> DeviceEngine:
+    configs = {n: EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()}
+    specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, torch.float32) for c in configs.values()]
+    pool = DeviceKVPool(PageLayout.for_models(specs, kv_bytes))
+    if policy == "spatial":  # a fixed slice per model, sized by its demand: nothing is shared
+        demand = {n: rates[n] * spec.kv_bytes_per_token() for n, (spec, _) in zip(configs, specs)}
+        pool.set_quotas(initial_quotas(demand, pool.layout.num_pages))
+    engines = {n: LLMEngine(c, pool=pool) for n, c in configs.items()}
+    return DeviceEngine(engines, policy, LANES[policy])
+
+
+def prompt_ids(request_id: int, length: int) -> list[int]:
+    rng = np.random.default_rng(request_id)
+    return rng.integers(100, 40000, size=length).tolist()
+
+
+def run_load(device: DeviceEngine, requests, rate_label: str) -> list[RequestRecord]:
+    """Release each request at its arrival time (real clock) and record what happened to it."""
+    pending = sorted(requests, key=lambda r: r.arrival_time)
+    records: dict[str, RequestRecord] = {}
+    start = time.monotonic()
+    while pending or device.has_unfinished_requests():
+        now = time.monotonic() - start
+        while pending and pending[0].arrival_time <= now:
+            req = pending.pop(0)
+            rid = f"{rate_label}-{req.request_id}"
+            params = SamplingParams(temperature=0, max_tokens=req.output_len, ignore_eos=True)
+            device.engines[req.model].add_request(prompt_ids(req.request_id, req.input_len), params, rid)
+            records[rid] = RequestRecord(req.request_id, req.model, now, now, req.input_len, req.output_len)
+        if not device.has_unfinished_requests():
+            time.sleep(max(0.0, min(0.05, pending[0].arrival_time - now)) if pending else 0)
+            continue
+        for output in device.step():
+            if output.finished:
+                _complete(records[output.request_id], output, start)
+    return list(records.values())
+
+
+def _complete(record: RequestRecord, output, start: float) -> None:
+    metrics = output.metrics
+    record.success = output.error is None and metrics.first_token_time is not None
+    record.error = output.error or ""
+    record.first_token_time = (metrics.first_token_time or start) - start
+    record.end_time = (metrics.last_token_time or start) - start
+    record.chunk_times = [t - start for t in metrics.token_times]
+    record.prompt_tokens = len(output.prompt_token_ids)
+    record.output_tokens = len(output.outputs[0].token_ids)
+
+
+def solo_latency(lengths: LengthSpec, kv_bytes: int, rates: dict[str, float]) -> dict[str, SLO]:
+    """Each model alone on the whole device (one lane on every core, lane overheads included):
+    TTFT and TPOT of a request of half the prompt cap and the full output cap."""
+    device = build_device("temporal", kv_bytes, rates)
+    base = {}
+    try:
+        for name in MODELS:
+            params = SamplingParams(temperature=0, max_tokens=lengths.max_output_len, ignore_eos=True)
+            samples = []
+            for attempt in range(2):  # the first request of a model warms its code paths
+                device.engines[name].add_request(prompt_ids(attempt, lengths.max_input_len // 2), params)
+                finished = []
+                while device.has_unfinished_requests():
+                    finished += [o for o in device.step() if o.finished]
+                samples.append(finished[0].metrics)
+            metrics = samples[-1]
+            times = metrics.token_times
+            base[name] = SLO(ttft_ms=(times[0] - metrics.arrival_time) * 1000,
+                             tpot_ms=(times[-1] - times[0]) / (len(times) - 1) * 1000)
+    finally:
+        device.close()
+    return base
+
+
+def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, rates) -> dict:
+    device = build_device(policy, kv_bytes, rates)
+    try:
+        records = run_load(device, generate_workload(workload), f"{policy}-{workload.request_rate}")
+    finally:
+        device.close()
+    metrics = compute_metrics(records, slos, models=tuple(MODELS))
+    overall = metrics.overall
+    return {"rate": workload.request_rate, "req_s": overall.request_throughput,
+            "tok_s": overall.output_throughput, "slo_attainment": overall.slo_attainment,
+            "ttft_p99_ms": overall.ttft_ms.p99, "tpot_p99_ms": overall.tpot_ms.p99,
+            "failed": overall.failed,
+            "per_model": {m: {"req_s": g.request_throughput, "slo_attainment": g.slo_attainment}
+                          for m, g in metrics.per_model.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-prompts", type=int, default=48)
+    parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
+    parser.add_argument("--alpha", type=float, default=1.3)
+    parser.add_argument("--slo-scale", type=float, default=5.0)
+    parser.add_argument("--kv-bytes", type=int, default=256 << 20)
+    parser.add_argument("--max-input-len", type=int, default=256)
+    parser.add_argument("--max-output-len", type=int, default=64)
+    parser.add_argument("--policies", nargs="+", default=["spatial", "temporal", "mux"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="results/multiplexing.json")
+    args = parser.parse_args()
+
+    lengths = LengthSpec("sharegpt-lengths", max_input_len=args.max_input_len, max_output_len=args.max_output_len)
+    names = tuple(MODELS)
+    shares = WorkloadSpec(names, alpha=args.alpha).weights()
+    rates = dict(zip(names, shares.tolist()))
+    base = solo_latency(lengths, args.kv_bytes, rates)
+    slos = {m: slo.scaled(args.slo_scale) for m, slo in base.items()}
+    print("SLO per model (ms): " + ", ".join(f"{m} ttft {s.ttft_ms:.0f} tpot {s.tpot_ms:.0f}"
+                                             for m, s in slos.items()))
+
+    def workload(rate: float) -> WorkloadSpec:
+        return WorkloadSpec(names, args.num_prompts, rate, alpha=args.alpha, seed=args.seed, lengths=lengths)
+
+    results = {}
+    for policy in args.policies:
+        saturated = measure(policy, workload(math.inf), args.kv_bytes, slos, rates)
+        sweep = [measure(policy, workload(rate), args.kv_bytes, slos, rates) for rate in args.rates]
+        ok = [point["rate"] for point in sweep if (point["slo_attainment"] or 0) >= 0.99]
+        results[policy] = {"saturated": saturated, "sweep": sweep, "rate_at_99_slo": max(ok, default=0.0)}
+        print(f"{policy:>9}: {saturated['req_s']:.3f} req/s, {saturated['tok_s']:.1f} tok/s saturated; "
+              f"attainment by rate {[(p['rate'], round(p['slo_attainment'] or 0, 3)) for p in sweep]}")
+
+    print(f"\n{'policy':<10}{'req/s':>8}{'tok/s':>8}{'p99 TTFT ms':>13}{'p99 TPOT ms':>13}{'rate@99%':>10}")
+    for policy, r in results.items():
+        s = r["saturated"]
+        print(f"{policy:<10}{s['req_s']:>8.3f}{s['tok_s']:>8.1f}{s['ttft_p99_ms'] or 0:>13.0f}"
+              f"{s['tpot_p99_ms'] or 0:>13.0f}{r['rate_at_99_slo']:>10.2f}")
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 3) if b else None
+
+    headline = {}
+    if {"mux", "spatial", "temporal"} <= results.keys():
+        mux, spatial, temporal = results["mux"], results["spatial"], results["temporal"]
+        headline = {
+            "mux_over_spatial_throughput": ratio(mux["saturated"]["tok_s"], spatial["saturated"]["tok_s"]),
+            "mux_over_temporal_throughput": ratio(mux["saturated"]["tok_s"], temporal["saturated"]["tok_s"]),
+            "mux_over_spatial_rate_at_99_slo": ratio(mux["rate_at_99_slo"], spatial["rate_at_99_slo"]),
+            "mux_over_temporal_rate_at_99_slo": ratio(mux["rate_at_99_slo"], temporal["rate_at_99_slo"]),
+        }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"config": vars(args), "model_shares": rates,
+                                             "slo_ms": {m: vars(s) for m, s in slos.items()},
+                                             "results": results, "headline": headline}, indent=1))
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()
