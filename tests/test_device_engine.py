@@ -116,7 +116,7 @@ def test_multiplexer_orders_and_bad_configs():
     assert [mux.pick(0, loads), mux.pick(1, loads), mux.pick(0, loads)] == ["b", "c", "b"]  # prefill first
     assert Multiplexer("temporal", ["a", "b", "c"], 2).pick(0, loads) == "c"  # oldest request first
     spatial = Multiplexer("spatial", ["a", "b"], 2)
-    assert spatial.pick(0, loads) == "a" and spatial.pick(1, loads) == "b"
+    assert spatial.pick(0, loads[:2]) == "a" and spatial.pick(1, loads[:2]) == "b"
     for args in [("fastest", ["a"], 1), ("mux", ["a"], 0), ("spatial", ["a", "b", "c"], 2)]:
         with pytest.raises(ConfigError):
             Multiplexer(*args)
