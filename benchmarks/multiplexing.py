@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from coserve import SamplingParams
 from coserve.engine.config import EngineConfig
@@ -49,10 +48,10 @@ LANES = {"spatial": 3, "temporal": 1, "mux": 2}
 
 def build_device(policy: str, kv_bytes: int, rates: dict[str, float]) -> DeviceEngine:
     configs = {n: EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()}
-    specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, torch.float32) for c in configs.values()]
-    pool = DeviceKVPool(PageLayout.for_models(specs, kv_bytes))
+    pool = DeviceKVPool(PageLayout.for_configs(list(configs.values()), kv_bytes))
     if policy == "spatial":  # a fixed slice per model, sized by its demand: nothing is shared
-        demand = {n: rates[n] * spec.kv_bytes_per_token() for n, (spec, _) in zip(configs, specs)}
+        specs = [load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in configs.values()]
+        demand = {n: rates[n] * spec.kv_bytes_per_token() for n, spec in zip(configs, specs)}
         pool.set_quotas(initial_quotas(demand, pool.layout.num_pages))
     engines = {n: LLMEngine(c, pool=pool) for n, c in configs.items()}
     return DeviceEngine(engines, policy, LANES[policy])

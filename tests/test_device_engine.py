@@ -6,7 +6,6 @@ import os
 import signal
 
 import pytest
-import torch
 
 from coserve import SamplingParams
 from coserve.engine.config import EngineConfig
@@ -15,7 +14,6 @@ from coserve.engine.device_pool import DeviceKVPool, PageLayout
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.multiplexer import ModelLoad, Multiplexer
 from coserve.errors import ConfigError
-from coserve.execution.weights import load_model
 
 REAL = "smollm2-135m-instruct"
 CONFIGS = {
@@ -29,8 +27,7 @@ PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 def _engines(names: list[str], budget_mb: int = 64) -> dict[str, LLMEngine]:
     configs = {n: EngineConfig(name=n, **CONFIGS[n]) for n in names}
-    specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, torch.float32) for c in configs.values()]
-    pool = DeviceKVPool(PageLayout.for_models(specs, budget_mb << 20))
+    pool = DeviceKVPool(PageLayout.for_configs(list(configs.values()), budget_mb << 20))
     return {n: LLMEngine(c, pool=pool) for n, c in configs.items()}
 
 

@@ -10,7 +10,6 @@ from coserve.engine.config import EngineConfig
 from coserve.engine.device_pool import DeviceKVPool, PageLayout, initial_quotas
 from coserve.engine.llm_engine import LLMEngine
 from coserve.errors import ConfigError
-from coserve.execution.weights import load_model
 
 REAL = "smollm2-135m-instruct"
 MODELS = {  # three shapes: 30 layers/3 KV heads/dim 64, 2 layers/2 heads/dim 16, 8 layers/2 heads/dim 64
@@ -47,9 +46,7 @@ def alone() -> dict[tuple[str, str], list[int]]:
 
 @pytest.mark.parametrize("budget_mb", [64, 3])
 def test_colocated_models_on_one_pool_generate_what_they_generate_alone(alone, budget_mb):
-    dtype = torch.float32
-    specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, dtype) for c in MODELS.values()]
-    pool = DeviceKVPool(PageLayout.for_models(specs, budget_mb << 20))
+    pool = DeviceKVPool(PageLayout.for_configs(list(MODELS.values()), budget_mb << 20))
     engines = {n: LLMEngine(c, pool=pool) for n, c in MODELS.items()}
     assert len({e.kv.block_size for e in engines.values()}) == 3  # one page, three token counts
     _submit(engines)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from coserve.engine.block_pool import BlockPool
+from coserve.engine.config import EngineConfig
 from coserve.errors import ConfigError
 from coserve.execution.kv_cache import PagedKVCache
 from coserve.execution.memory import host_zeros
-from coserve.execution.models.spec import ModelSpec
+from coserve.execution.models.spec import ModelSpec, parse_dtype
+from coserve.execution.weights import load_model
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class PageLayout:
         if num_pages < 1:
             raise ConfigError(f"a KV budget of {budget_bytes} bytes holds no page of {page_bytes} bytes")
         return cls(page_bytes, num_pages)
+
+    @classmethod
+    def for_configs(cls, configs: list[EngineConfig], budget_bytes: int) -> PageLayout:
+        """The layout for these deployments; reads each model's shape, not its weights."""
+        specs = [(load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec, parse_dtype(c.dtype))
+                 for c in configs]
+        return cls.for_models(specs, budget_bytes)
 
 
 class DeviceKVPool:
