@@ -84,7 +84,7 @@ def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
         for name, engine in engines.items():
             engine.add_request("Tell me a long story", SamplingParams(max_tokens=40, ignore_eos=True),
                                request_id=f"{name}-long")
-        device._dispatch()  # fill both lanes, without waiting for either
+        device._dispatch({name: [] for name in engines})  # fill both lanes, without waiting for either
         assert len(device.in_flight) == 2
         victim = device.lanes[0]
         victim_model = device.in_flight[0][0]

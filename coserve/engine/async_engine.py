@@ -1,5 +1,8 @@
 """Drives model engines on a background thread so an asyncio server never blocks on a step.
 
+Models either step one after another on this thread, or, given a DeviceEngine, share a device's
+lanes and page pool under its multiplexing policy.
+
 The HTTP side validates and tokenises a request on its own thread, then posts it to the engine
 thread through a command queue; every step's outputs come back to per-request asyncio queues. A
 slow client only fills its own queue: the engine never waits on a socket.
@@ -14,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from coserve.engine.device_engine import DeviceEngine
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.outputs import RequestOutput
 from coserve.errors import OutOfCapacityError, UnknownModelError
@@ -48,8 +52,10 @@ class _Stream:
 
 class AsyncEngine:
     def __init__(self, engines: dict[str, LLMEngine], max_waiting_requests: int = 256,
-                 on_step: Callable[[str, LLMEngine, list[RequestOutput]], None] | None = None):
-        self.engines = engines
+                 on_step: Callable[[str, LLMEngine, list[RequestOutput]], None] | None = None,
+                 device: DeviceEngine | None = None):
+        self.engines = engines if device is None else device.engines
+        self.device = device
         self.max_waiting_requests = max_waiting_requests
         self.on_step = on_step
         self._commands: queue.Queue = queue.Queue()
@@ -129,13 +135,21 @@ class AsyncEngine:
     def _loop(self) -> None:
         while not self._stopped.is_set():
             try:
-                busy = any(e.has_unfinished_requests() for e in self.engines.values())
-                self._drain_commands(block=not busy)
+                self._drain_commands(block=not self._busy())
+                if self.device is not None:
+                    if self.device.has_unfinished_requests():
+                        self._step_device()
+                    continue
                 for name, engine in self.engines.items():
                     if engine.has_unfinished_requests():
                         self._step(name, engine)
             except Exception:  # the loop must outlive any one bad command or callback
                 logger.exception("engine loop error")
+
+    def _busy(self) -> bool:
+        if self.device is not None:
+            return self.device.has_unfinished_requests()
+        return any(e.has_unfinished_requests() for e in self.engines.values())
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -164,7 +178,10 @@ class AsyncEngine:
                 self._owner.pop(request_id, None)
         elif kind == "abort":
             _, model, request_id = command
-            self.engines[model].abort_request(request_id)
+            if self.device is not None:
+                self.device.abort_request(model, request_id)
+            else:
+                self.engines[model].abort_request(request_id)
             self._owner.pop(request_id, None)
 
     def _step(self, name: str, engine: LLMEngine) -> None:
@@ -172,11 +189,28 @@ class AsyncEngine:
             outputs = engine.step()
         except Exception as exc:
             logger.exception("engine %s failed a step", name)
+            self._fail_all(engine, exc)
             outputs = []
-            for request_id in list(engine.states):
-                engine.abort_request(request_id)
-                self._send(request_id, RuntimeError(f"engine error: {exc}"))
-                self._owner.pop(request_id, None)
+        self._deliver(name, engine, outputs)
+
+    def _step_device(self) -> None:
+        try:
+            by_model = self.device.step_by_model()
+        except Exception as exc:
+            logger.exception("device failed a step")
+            for engine in self.engines.values():
+                self._fail_all(engine, exc)
+            by_model = {name: [] for name in self.engines}
+        for name, engine in self.engines.items():
+            self._deliver(name, engine, by_model[name])
+
+    def _fail_all(self, engine: LLMEngine, exc: BaseException) -> None:
+        for request_id in list(engine.states):
+            engine.abort_request(request_id)
+            self._send(request_id, RuntimeError(f"engine error: {exc}"))
+            self._owner.pop(request_id, None)
+
+    def _deliver(self, name: str, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
         for output in outputs:
             self._send(output.request_id, output)
             if output.finished:

@@ -17,7 +17,8 @@ class BlockPool:
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._owner: list[str | None] = [None] * num_blocks
         self.used_by: dict[str, int] = {}
-        self.quotas: dict[str, int] = {}
+        self.quotas: dict[str, int] = {}  # pages an owner may hold now (adaptive policies move them)
+        self.limits: dict[str, int] = {}  # pages an owner may ever hold (a fixed slice of the device)
 
     @property
     def num_free_blocks(self) -> int:
@@ -30,6 +31,10 @@ class BlockPool:
     def usage(self, owner: str | None = None) -> float:
         used = self.num_used_blocks if owner is None else self.used_by.get(owner, 0)
         return used / self.num_blocks
+
+    def capacity(self, owner: str) -> int:
+        """The most pages `owner` could ever hold: a request needing more can never run."""
+        return min(self.num_blocks, self.limits.get(owner, self.num_blocks))
 
     def headroom(self, owner: str) -> int:
         """Pages `owner` may still take: the free pages, capped by what its quota leaves."""

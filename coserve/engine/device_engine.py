@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from multiprocessing.connection import wait
 
 from coserve.engine.llm_engine import LLMEngine
-from coserve.engine.multiplexer import ModelLoad, Multiplexer
+from coserve.engine.model_load import ModelLoad, observe
+from coserve.engine.multiplexer import Multiplexer
 from coserve.engine.outputs import RequestOutput
+from coserve.engine.quota_adapter import adapt_quotas
 from coserve.engine.scheduler import SchedulerOutput
 from coserve.execution.lane import Job, Lane, LaneError
 from coserve.execution.model_runner import StepInputs
+from coserve.metrics import SLO
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +37,22 @@ def split_cores(num_lanes: int) -> list[list[int]]:
 
 
 class DeviceEngine:
-    def __init__(self, engines: dict[str, LLMEngine], policy: str = "mux", num_lanes: int = 2):
+    """`slos`: per-model latency targets the `mux` policy favours when missed; `demand`: expected
+    KV demand per model (request rate x KV bytes per token), the split of pages nobody needs now.
+    Under `mux` the page quotas adapt every round (see quota_adapter); other policies keep the
+    quotas they were given."""
+
+    def __init__(self, engines: dict[str, LLMEngine], policy: str = "mux", num_lanes: int = 2,
+                 slos: dict[str, SLO] | None = None, demand: dict[str, float] | None = None,
+                 clock=time.monotonic):
         self.engines = engines
         self.multiplexer = Multiplexer(policy, list(engines), num_lanes)
+        self.slos = slos or {}
+        self.demand = demand or {}
+        self.clock = clock
+        pools = {id(e.kv.pool) for e in engines.values()}
+        self.pool = next(iter(engines.values())).kv.pool if len(pools) == 1 else None
+        self.adapts_quotas = policy == "mux" and self.pool is not None
         for engine in engines.values():  # lanes read the same weights and pages, not copies
             engine.model.share_memory()
             engine.kv_cache.buffer.share_memory_()
@@ -43,57 +60,68 @@ class DeviceEngine:
         self.lanes = [Lane(i, cores, self._models)
                       for i, cores in enumerate(split_cores(self.multiplexer.num_lanes))]
         self.in_flight: dict[int, tuple[str, SchedulerOutput, StepInputs]] = {}
+        self._deferred_aborts: dict[str, list[str]] = {}
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.in_flight) or any(e.has_unfinished_requests() for e in self.engines.values())
+
+    def abort_request(self, model: str, request_id: str) -> None:
+        """Abort now, or once the model's batch in flight is back: a lane may still be writing
+        that request's KV, and freed pages must not reach another model before it stops."""
+        if model in self._busy_models():
+            self._deferred_aborts.setdefault(model, []).append(request_id)
+        else:
+            self.engines[model].abort_request(request_id)
 
     def close(self) -> None:
         for lane in self.lanes:
             lane.close()
 
-    # -- one round: fill idle lanes, then apply whatever finished -----------------------------
-
     def step(self) -> list[RequestOutput]:
-        outputs = self._dispatch()
+        return [output for outputs in self.step_by_model().values() for output in outputs]
+
+    def step_by_model(self) -> dict[str, list[RequestOutput]]:
+        """One round: fill idle lanes, then apply whatever finished; outputs grouped by model."""
+        outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
+        self._dispatch(outputs)
         if self.in_flight:
-            outputs += self._collect()
+            self._collect(outputs)
         return outputs
 
-    def _dispatch(self) -> list[RequestOutput]:
-        outputs: list[RequestOutput] = []
+    def _dispatch(self, outputs: dict[str, list[RequestOutput]]) -> None:
         for lane in self.lanes:
+            blocked: set[str] = set()  # models with work but nothing schedulable (no pages yet)
             while lane.index not in self.in_flight:
-                name = self.multiplexer.pick(lane.index, self._loads())
+                loads = [load for load in self._idle_loads() if load.name not in blocked]
+                name = self.multiplexer.pick(lane.index, loads)
                 if name is None:
                     break
                 engine = self.engines[name]
                 out = engine.begin_step()
                 if out is None:
-                    break
+                    blocked.add(name)
+                    continue
                 if not out.scheduled:  # only requests the scheduler ended itself
-                    outputs += engine.finish_step(out, {})
+                    outputs[name] += engine.finish_step(out, {})
                     continue
                 inputs = engine.runner.prepare(out, engine.kv.block_tables)
                 lane.submit(Job.from_inputs(name, inputs))
                 self.in_flight[lane.index] = (name, out, inputs)
-        return outputs
 
-    def _loads(self) -> list[ModelLoad]:
-        busy = {name for name, _, _ in self.in_flight.values()}
-        loads = []
-        for name, engine in self.engines.items():
-            if name in busy:
-                continue
-            scheduler = engine.scheduler
-            prefill = bool(scheduler.waiting) or any(r.num_computed_tokens < r.num_prompt_tokens
-                                                     for r in scheduler.running)
-            oldest = min((s.metrics.arrival_time for s in engine.states.values()), default=float("inf"))
-            loads.append(ModelLoad(name, prefill, scheduler.has_unfinished_requests(), oldest))
-        return loads
+    def loads(self) -> list[ModelLoad]:
+        now = self.clock()
+        return [observe(name, engine, self.slos.get(name), now) for name, engine in self.engines.items()]
 
-    def _collect(self) -> list[RequestOutput]:
+    def _idle_loads(self) -> list[ModelLoad]:
+        """Loads of the models without a batch in flight, after quotas follow the new state."""
+        loads = self.loads()
+        if self.adapts_quotas:
+            self.pool.quotas = adapt_quotas(loads, self.pool.num_blocks, self.demand, self.pool.limits)
+        busy = self._busy_models()
+        return [load for load in loads if load.name not in busy]
+
+    def _collect(self, outputs: dict[str, list[RequestOutput]]) -> None:
         by_connection = {self.lanes[i].connection: self.lanes[i] for i in self.in_flight}
-        outputs: list[RequestOutput] = []
         for connection in wait(list(by_connection)):
             lane = by_connection[connection]
             name, out, inputs = self.in_flight.pop(lane.index)
@@ -101,12 +129,17 @@ class DeviceEngine:
             try:
                 logits = lane.result()
             except LaneError as exc:
-                outputs += engine.fail_step(out, exc)
+                outputs[name] += engine.fail_step(out, exc)
                 if not lane.alive:
                     self._restart(lane)
-                continue
-            outputs += engine.finish_step(out, engine.runner.sample(inputs, logits))
-        return outputs
+            else:
+                outputs[name] += engine.finish_step(out, engine.runner.sample(inputs, logits))
+        for name in [n for n in self._deferred_aborts if n not in self._busy_models()]:
+            for request_id in self._deferred_aborts.pop(name):
+                self.engines[name].abort_request(request_id)
+
+    def _busy_models(self) -> set[str]:
+        return {name for name, _, _ in self.in_flight.values()}
 
     def _restart(self, lane: Lane) -> None:
         logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)

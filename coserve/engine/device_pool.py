@@ -28,14 +28,17 @@ class PageLayout:
     page_bytes: int
     num_pages: int
 
-    @classmethod
-    def for_models(cls, specs: list[tuple[ModelSpec, torch.dtype]], budget_bytes: int,
-                   min_tokens_per_page: int = 16) -> PageLayout:
+    @staticmethod
+    def page_bytes_for(specs: list[tuple[ModelSpec, torch.dtype]], min_tokens_per_page: int = 16) -> int:
         """Pages big enough for `min_tokens_per_page` tokens of the model with the most KV per token."""
         if not specs:
             raise ConfigError("a device pool needs at least one model")
-        largest = max(spec.kv_bytes_per_token(dtype) for spec, dtype in specs)
-        page_bytes = largest * min_tokens_per_page
+        return max(spec.kv_bytes_per_token(dtype) for spec, dtype in specs) * min_tokens_per_page
+
+    @classmethod
+    def for_models(cls, specs: list[tuple[ModelSpec, torch.dtype]], budget_bytes: int,
+                   min_tokens_per_page: int = 16) -> PageLayout:
+        page_bytes = cls.page_bytes_for(specs, min_tokens_per_page)
         num_pages = budget_bytes // page_bytes
         if num_pages < 1:
             raise ConfigError(f"a KV budget of {budget_bytes} bytes holds no page of {page_bytes} bytes")
@@ -72,11 +75,15 @@ class DeviceKVPool:
         typed = self.buffer[:, :used].view(dtype)  # same bytes, read as this model's dtype
         return PagedKVCache(spec, self.layout.num_pages, tokens, spec.num_layers, dtype, self.device, typed)
 
-    def set_quotas(self, quotas: dict[str, int]) -> None:
+    def set_quotas(self, quotas: dict[str, int], fixed: bool = False) -> None:
+        """Cap each model's pages; `fixed` caps are also the most it may ever hold (a slice of the
+        device that adaptation never grows)."""
         if sum(quotas.values()) > self.layout.num_pages:
             raise ConfigError(f"quotas sum to {sum(quotas.values())} pages but the pool has "
                               f"{self.layout.num_pages}")
         self.blocks.quotas = dict(quotas)
+        if fixed:
+            self.blocks.limits = dict(quotas)
 
 
 def initial_quotas(demands: dict[str, float], num_pages: int) -> dict[str, int]:

@@ -172,8 +172,7 @@ class LLMEngine:
 
     def check_length(self, prompt_len: int, params: SamplingParams) -> None:
         """ContextLengthError unless the prompt and max_tokens fit the context and the KV pool."""
-        pool = self.kv.pool
-        capacity = min(pool.num_blocks, pool.quotas.get(self.kv.owner, pool.num_blocks)) * self.kv.block_size
+        capacity = self.kv.pool.capacity(self.kv.owner) * self.kv.block_size
         if prompt_len >= capacity:
             raise ContextLengthError(f"the prompt has {prompt_len} tokens but this deployment's KV cache holds "
                                      f"only {capacity} tokens", "prompt")

@@ -5,26 +5,19 @@
 - `spatial`: each model has its own lane(s) and never runs elsewhere (per-model engines on a
   slice of the device; the dedicated-GPU baseline).
 - `mux`: any lane runs any model; models with prompt tokens to prefill go first, round-robin, and
-  decode-only models fill the remaining lanes (MuxServe's ADBS order).
+  decode-only models fill the remaining lanes (MuxServe's ADBS order). Beyond MuxServe, a model
+  already missing its TTFT/TPOT target goes before every model meeting its own, most pressed first.
 
 Like the scheduler, it never reads a clock or touches a tensor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from coserve.engine.model_load import ModelLoad
 from coserve.errors import ConfigError
 
 POLICIES = ("temporal", "spatial", "mux")
-
-
-@dataclass(frozen=True)
-class ModelLoad:
-    name: str
-    has_prefill: bool  # some request still has prompt tokens to compute
-    has_work: bool
-    oldest_arrival: float  # arrival time of its oldest unfinished request (inf if none)
+__all__ = ["POLICIES", "ModelLoad", "Multiplexer"]
 
 
 class Multiplexer:
@@ -55,8 +48,11 @@ class Multiplexer:
         if self.policy == "temporal":
             return min(ready, key=lambda load: load.oldest_arrival).name
         if self.policy == "mux":
-            prefill = [load for load in ready if load.has_prefill]
-            ready = prefill or ready
+            missing = [load for load in ready if load.missing_slo]
+            ready = missing or ready
+            ready = [load for load in ready if load.has_prefill] or ready
+            if missing:
+                return max(ready, key=lambda load: load.slo_pressure).name
         return self._round_robin([load.name for load in ready])
 
     def _round_robin(self, names: list[str]) -> str:

@@ -157,8 +157,7 @@ class Scheduler:
         out.preempted.append(victim)
 
     def _can_ever_fit(self, request: Request, num_new: int) -> bool:
-        pool = self.kv.pool
-        capacity = min(pool.num_blocks, pool.quotas.get(self.kv.owner, pool.num_blocks))
+        capacity = self.kv.pool.capacity(self.kv.owner)
         return cdiv(request.num_computed_tokens + num_new, self.kv.block_size) <= capacity
 
     def _finish_oversized(self, request: Request, out: SchedulerOutput) -> None:

@@ -1,4 +1,4 @@
-"""The `coserve` command: generate, serve, bench."""
+"""The `coserve` command: generate, serve, bench, plan."""
 
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=bench_cli.run)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from coserve.placement import cli as plan_cli
+
+    p = sub.add_parser("plan", help="place models on a cluster (meshes, parallelism, lane shares, KV quotas)")
+    plan_cli.add_arguments(p)
+    p.set_defaults(func=plan_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_serve(sub)
     _add_bench(sub)
+    _add_plan(sub)
     return parser
 
 

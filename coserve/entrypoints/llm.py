@@ -1,4 +1,8 @@
-"""Offline batch inference: `LLM(model=...).generate(prompts, params)` and `.chat(messages, params)`."""
+"""Offline batch inference: `LLM(model=...).generate(prompts, params)` and `.chat(messages, params)`.
+
+Several models on one device: `LLM(models=[...], device=DeviceConfig(policy="mux"))`, then
+`generate(prompts, params, model=name)`; `close()` (or a `with` block) stops the device's lanes.
+"""
 
 from __future__ import annotations
 
@@ -8,56 +12,96 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from coserve.engine.config import DEFAULT_MODEL, EngineConfig
+from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.outputs import RequestOutput
+from coserve.errors import UnknownModelError
 from coserve.sampling_params import SamplingParams
 
 Prompt = str | list[int]
 
 
 class LLM:
-    def __init__(self, model: str = DEFAULT_MODEL, **engine_kwargs):
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_kwargs))
+    def __init__(self, model: str = DEFAULT_MODEL, *, models: Sequence[ColocatedModel | EngineConfig] | None = None,
+                 device: DeviceConfig | None = None, **engine_kwargs):
+        if models is None:
+            self.engine = LLMEngine(EngineConfig(model=model, **engine_kwargs))
+            self.engines = {self.engine.config.name: self.engine}
+            self._driver = self.engine
+            self._device = None
+            return
+        colocated = [m if isinstance(m, ColocatedModel) else ColocatedModel(m) for m in models]
+        self._device = build_device(colocated, device or DeviceConfig())
+        self.engines = self._device.engines
+        self.engine = next(iter(self.engines.values()))
+        self._driver = self._device
+
+    def close(self) -> None:
+        if self._device is not None:
+            self._device.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def tokenizer(self):
         return self.engine.tokenizer
 
+    def _engine_of(self, model: str | None) -> LLMEngine:
+        if model is None:
+            if len(self.engines) > 1:
+                raise UnknownModelError(f"several models are loaded; name one of {sorted(self.engines)}")
+            return self.engine
+        if model not in self.engines:
+            raise UnknownModelError(f"the model {model!r} is not loaded; available: {sorted(self.engines)}")
+        return self.engines[model]
+
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool | None = None) -> list[RequestOutput]:
-        """Generate for every prompt; outputs come back in prompt order, `n` completions each."""
+                 use_tqdm: bool | None = None, model: str | Sequence[str] | None = None) -> list[RequestOutput]:
+        """Generate for every prompt; outputs come back in prompt order, `n` completions each.
+
+        `model`: one name for every prompt, or one per prompt (they then run side by side).
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params_list = _broadcast(params, len(prompts))
+        names = [model] * len(prompts) if model is None or isinstance(model, str) else list(model)
+        if len(names) != len(prompts):
+            raise ValueError(f"got {len(names)} model names for {len(prompts)} prompts")
+        engines = [self._engine_of(name) for name in names]
         # validate everything first so a bad prompt rejects the call without queueing the rest
-        token_ids = [self.engine.prompt_token_ids_of(prompt) for prompt in prompts]
-        for ids, p in zip(token_ids, params_list):
+        token_ids = [engine.prompt_token_ids_of(prompt) for engine, prompt in zip(engines, prompts)]
+        for engine, ids, p in zip(engines, token_ids, params_list):
             p.validate()
-            self.engine.check_length(len(ids), p)
+            engine.check_length(len(ids), p)
         ids = []
-        for index, (prompt, p) in enumerate(zip(prompts, params_list)):
+        for index, (engine, prompt, p) in enumerate(zip(engines, prompts, params_list)):
             for copy in range(p.n):
                 child = p if p.n == 1 else _child_params(p, copy)
-                ids.append(self.engine.add_request(prompt, child, request_id=f"llm-{index}-{copy}",
-                                                   prompt_token_ids=token_ids[index]))
+                ids.append(engine.add_request(prompt, child, request_id=f"llm-{index}-{copy}",
+                                              prompt_token_ids=token_ids[index]))
         finished = self._run(len(ids), use_tqdm if use_tqdm is not None else len(ids) > 8)
         return [_merge(prompt_index, p.n, finished) for prompt_index, p in enumerate(params_list)]
 
     def chat(self, messages: list[dict] | list[list[dict]],
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             use_tqdm: bool | None = None) -> list[RequestOutput]:
+             use_tqdm: bool | None = None, model: str | None = None) -> list[RequestOutput]:
+        engine = self._engine_of(model)
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         # the template places any BOS token itself, so no special tokens are added when encoding
-        prompts = [self.engine.tokenize(self.engine.apply_chat_template(c), add_special_tokens=False)
+        prompts = [engine.tokenize(engine.apply_chat_template(c), add_special_tokens=False)
                    for c in conversations]
-        return self.generate(prompts, params, use_tqdm)
+        return self.generate(prompts, params, use_tqdm, model)
 
     def _run(self, total: int, show_progress: bool) -> dict[str, RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         with tqdm(total=total, desc="generate", disable=not show_progress) as bar:
-            while self.engine.has_unfinished_requests():
-                for output in self.engine.step():
+            while self._driver.has_unfinished_requests():
+                for output in self._driver.step():
                     if output.finished:
                         finished[output.request_id] = output
                         bar.update(1)

@@ -9,7 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coserve.engine.config import DEFAULT_MODEL, EngineConfig
+from coserve.engine.device_config import ColocatedModel, DeviceConfig
 from coserve.errors import ConfigError
+from coserve.metrics import SLO
 
 
 class ModelDeployment(BaseModel):
@@ -31,10 +33,44 @@ class ModelDeployment(BaseModel):
     long_prefill_token_threshold: int | None = Field(None, ge=1)
     max_model_len: int | None = Field(None, ge=2)
     default_max_tokens: int | None = Field(None, ge=1)
+    # with a `device` section: expected load and latency targets, read by its policy
+    rate: float = Field(1.0, gt=0)
+    slo_ttft_ms: float | None = Field(None, gt=0)
+    slo_tpot_ms: float | None = Field(None, gt=0)
 
     def engine_config(self, num_threads: int | None) -> EngineConfig:
-        fields = self.model_dump(exclude={"default_max_tokens"})
+        fields = self.model_dump(exclude={"default_max_tokens", "rate", "slo_ttft_ms", "slo_tpot_ms"})
         return EngineConfig(**fields, num_threads=num_threads)
+
+    def colocated(self, num_threads: int | None) -> ColocatedModel:
+        slo = None
+        if self.slo_ttft_ms or self.slo_tpot_ms:
+            slo = SLO(ttft_ms=self.slo_ttft_ms, tpot_ms=self.slo_tpot_ms)
+        return ColocatedModel(self.engine_config(num_threads), self.rate, slo)
+
+
+class DeviceSection(BaseModel):
+    """One device shared by every model of the config (see DeviceConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["mux", "spatial", "temporal"] = "mux"
+    num_lanes: int = Field(2, ge=1)
+    memory_budget_bytes: int | None = Field(None, gt=0)
+    device: str = "cpu"
+    kv_quotas: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _quotas(self) -> DeviceSection:
+        bad = {m: q for m, q in self.kv_quotas.items() if not 0 < q <= 1}
+        if bad:
+            raise ValueError(f"kv_quotas are fractions of the pool in (0, 1]; got {bad}")
+        if sum(self.kv_quotas.values()) > 1 + 1e-9:
+            raise ValueError(f"kv_quotas sum to {sum(self.kv_quotas.values()):.0%} of the pool, over 100%")
+        return self
+
+    def device_config(self) -> DeviceConfig:
+        return DeviceConfig(**self.model_dump())
 
 
 class ServerConfig(BaseModel):
@@ -45,6 +81,7 @@ class ServerConfig(BaseModel):
     max_waiting_requests: int = Field(256, ge=1)
     num_threads: int | None = Field(None, ge=1)
     models: list[ModelDeployment] = Field(min_length=1)
+    device: DeviceSection | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServerConfig:
@@ -52,6 +89,20 @@ class ServerConfig(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _device_owns_memory(self) -> ServerConfig:
+        if self.device is None:
+            return self
+        sized = [m.name for m in self.models if m.kv_cache_memory_bytes or m.num_kv_blocks]
+        if sized:
+            raise ValueError(f"models {sized} size their own KV cache, but under `device` the models share "
+                             f"one pool sized by device.memory_budget_bytes; remove kv_cache_memory_bytes "
+                             f"and num_kv_blocks")
+        unknown = sorted(set(self.device.kv_quotas) - {m.name for m in self.models})
+        if unknown:
+            raise ValueError(f"device.kv_quotas names unknown models: {unknown}")
         return self
 
 

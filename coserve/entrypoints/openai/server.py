@@ -19,6 +19,8 @@ from pydantic import ValidationError
 
 import coserve
 from coserve.engine.async_engine import AsyncEngine
+from coserve.engine.device_config import build_device
+from coserve.engine.device_engine import DeviceEngine
 from coserve.engine.llm_engine import LLMEngine
 from coserve.entrypoints.openai.prometheus import EngineMetrics
 from coserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -43,9 +45,12 @@ def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[
     return f"{where}: {first.get('msg', 'invalid value')}", param
 
 
-def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
+def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig) -> FastAPI:
+    """`engines`: models stepped in turn on the engine thread, or a device sharing lanes and pages."""
     metrics = EngineMetrics()
-    async_engine = AsyncEngine(engines, config.max_waiting_requests, on_step=metrics.on_step)
+    device = engines if isinstance(engines, DeviceEngine) else None
+    async_engine = AsyncEngine(engines if device is None else device.engines, config.max_waiting_requests,
+                               on_step=metrics.on_step, device=device)
     default_max_tokens = {m.name: m.default_max_tokens for m in config.models}
 
     @asynccontextmanager
@@ -53,6 +58,8 @@ def build_app(engines: dict[str, LLMEngine], config: ServerConfig) -> FastAPI:
         async_engine.start()
         yield
         async_engine.stop()
+        if device is not None:
+            device.close()
 
     app = FastAPI(title="coserve", version=coserve.__version__, lifespan=lifespan)
     app.state.engine = async_engine
@@ -222,11 +229,11 @@ def _event(chunk: dict) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
-def load_engines(config: ServerConfig) -> dict[str, LLMEngine]:
-    engines = {}
-    for deployment in config.models:
-        engines[deployment.name] = LLMEngine(deployment.engine_config(config.num_threads))
-    return engines
+def load_engines(config: ServerConfig) -> dict[str, LLMEngine] | DeviceEngine:
+    if config.device is not None:
+        models = [deployment.colocated(config.num_threads) for deployment in config.models]
+        return build_device(models, config.device.device_config())
+    return {d.name: LLMEngine(d.engine_config(config.num_threads)) for d in config.models}
 
 
 def serve(config_path: str | None, host: str | None = None, port: int | None = None) -> int:
@@ -237,7 +244,8 @@ def serve(config_path: str | None, host: str | None = None, port: int | None = N
     app = build_app(engines, config)
     host = host or config.host
     port = config.port if port is None else port
-    logger.info("serving %s on http://%s:%d", ", ".join(engines), host, port)
+    names = engines.engines if isinstance(engines, DeviceEngine) else engines
+    logger.info("serving %s on http://%s:%d", ", ".join(names), host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 

@@ -1,0 +1,158 @@
+"""A device as configuration: its memory budget, its lanes and its policy, and building it.
+
+The budget pays for every colocated model's weights, the activations of its largest step, and
+one shared KV page pool that gets whatever is left. `build_device` checks the sum before loading
+anything, so a config that cannot fit fails at start-up with the bill, not later with an OOM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import DeviceEngine
+from coserve.engine.device_pool import DeviceKVPool, PageLayout
+from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.multiplexer import POLICIES
+from coserve.engine.quota_adapter import split_pages
+from coserve.errors import ConfigError
+from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
+from coserve.execution.weights import load_model
+from coserve.metrics import SLO
+
+MiB = 1 << 20
+
+
+@dataclass
+class DeviceConfig:
+    """`memory_budget_bytes`: weights + activations + KV pool (on CUDA, default: the GPU's free
+    memory). `kv_quotas`: fraction of the pages each model may ever hold; under `spatial` the
+    default is a fixed slice by expected demand, under `mux` and `temporal` no cap."""
+
+    policy: str = "mux"
+    num_lanes: int = 2
+    memory_budget_bytes: int | None = None
+    device: str = "cpu"
+    kv_quotas: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {list(POLICIES)}, got {self.policy!r}")
+        if not isinstance(self.num_lanes, int) or self.num_lanes < 1:
+            raise ConfigError(f"num_lanes must be a positive integer, got {self.num_lanes!r}")
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise ConfigError(f"memory_budget_bytes must be > 0, got {self.memory_budget_bytes}")
+        bad = {m: q for m, q in self.kv_quotas.items() if not 0 < q <= 1}
+        if bad:
+            raise ConfigError(f"kv_quotas are fractions of the pool in (0, 1]; got {bad}")
+        if sum(self.kv_quotas.values()) > 1 + 1e-9:
+            raise ConfigError(f"kv_quotas sum to {sum(self.kv_quotas.values()):.0%} of the pool, over 100%")
+
+
+@dataclass(frozen=True)
+class ColocatedModel:
+    config: EngineConfig
+    rate: float = 1.0  # expected requests per second: sizes its share of pages
+    slo: SLO | None = None
+
+
+@dataclass(frozen=True)
+class MemoryBill:
+    weights: dict[str, int]
+    activations: dict[str, int]
+    budget: int
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.budget - sum(self.weights.values()) - sum(self.activations.values())
+
+    def describe(self) -> str:
+        items = [f"{name} weights {b / MiB:.1f} MiB" for name, b in self.weights.items()]
+        items += [f"{name} activations {b / MiB:.1f} MiB" for name, b in self.activations.items()]
+        return ", ".join(items)
+
+
+def activation_bytes(spec: ModelSpec, config: EngineConfig) -> int:
+    """The largest step's transient tensors: one layer's widest intermediates for every batched
+    token (the hidden stream, q/k/v, the gate/up pair) plus float32 logits for every sequence."""
+    width = spec.hidden_size * 2 + spec.q_size + 2 * spec.kv_size + 2 * spec.intermediate_size
+    dtype_bytes = DTYPE_BYTES[parse_dtype(config.dtype)]
+    return config.max_num_batched_tokens * width * dtype_bytes + config.max_num_seqs * spec.vocab_size * 4
+
+
+def memory_bill(models: list[ColocatedModel], specs: dict[str, ModelSpec], budget: int) -> MemoryBill:
+    weights = {m.config.name: specs[m.config.name].param_bytes(parse_dtype(m.config.dtype)) for m in models}
+    activations = {m.config.name: activation_bytes(specs[m.config.name], m.config) for m in models}
+    return MemoryBill(weights, activations, budget)
+
+
+def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEngine:
+    _check_models(models, device)
+    specs = {m.config.name: load_model(m.config.model, tokenizer=False, layer_range=(0, 1)).spec for m in models}
+    bill = memory_bill(models, specs, _budget(device))
+    dtypes = [(specs[m.config.name], parse_dtype(m.config.dtype)) for m in models]
+    layout = _layout(dtypes, bill, len(models))
+    pool = DeviceKVPool(layout, device.device)
+    demand = {m.config.name: m.rate * specs[m.config.name].kv_bytes_per_token(parse_dtype(m.config.dtype))
+              for m in models}
+    caps = _page_caps(device, demand, layout.num_pages)
+    if caps:
+        pool.set_quotas(caps, fixed=True)
+    engines = {m.config.name: LLMEngine(m.config, pool=pool) for m in models}
+    slos = {m.config.name: m.slo for m in models if m.slo is not None}
+    return DeviceEngine(engines, device.policy, device.num_lanes, slos=slos, demand=demand)
+
+
+def _check_models(models: list[ColocatedModel], device: DeviceConfig) -> None:
+    if not models:
+        raise ConfigError("a device needs at least one model")
+    names = [m.config.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names on a device must be unique, got {names}")
+    unknown = sorted(set(device.kv_quotas) - set(names))
+    if unknown:
+        raise ConfigError(f"kv_quotas name models not on this device: {unknown}")
+    for m in models:
+        if m.config.device != device.device:
+            raise ConfigError(f"model {m.config.name!r} is configured for {m.config.device!r} but the device "
+                              f"is {device.device!r}")
+        if m.rate <= 0:
+            raise ConfigError(f"model {m.config.name!r}: rate must be > 0, got {m.rate}")
+
+
+def _budget(device: DeviceConfig) -> int:
+    if device.memory_budget_bytes is not None:
+        return device.memory_budget_bytes
+    if device.device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device.device))
+        return free
+    raise ConfigError("a CPU device needs memory_budget_bytes (how much of the host's memory it may use)")
+
+
+def _layout(dtypes: list[tuple[ModelSpec, torch.dtype]], bill: MemoryBill, num_models: int) -> PageLayout:
+    page_bytes = PageLayout.page_bytes_for(dtypes)
+    if bill.kv_bytes < page_bytes * num_models:
+        raise ConfigError(
+            f"the models do not fit the device's memory budget of {bill.budget / MiB:.1f} MiB: "
+            f"{bill.describe()} leave {bill.kv_bytes / MiB:.1f} MiB for KV pages, but one page for each of "
+            f"{num_models} models needs {page_bytes * num_models / MiB:.1f} MiB")
+    return PageLayout.for_models(dtypes, bill.kv_bytes)
+
+
+def _page_caps(device: DeviceConfig, demand: dict[str, float], num_pages: int) -> dict[str, int]:
+    """Fixed per-model page caps: the configured fractions, or under `spatial` a slice by demand."""
+    if device.kv_quotas:
+        caps = {m: int(q * num_pages) for m, q in device.kv_quotas.items()}
+        empty = sorted(m for m, pages in caps.items() if pages < 1)
+        if empty:
+            raise ConfigError(f"kv_quotas of {empty} round to zero of the pool's {num_pages} pages")
+        return caps
+    if device.policy == "spatial":
+        caps = split_pages(num_pages, demand)
+        starved = sorted(m for m, pages in caps.items() if pages < 1)
+        if starved:
+            raise ConfigError(f"spatial slices of {num_pages} pages leave {starved} without a page")
+        return caps
+    return {}

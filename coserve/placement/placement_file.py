@@ -1,0 +1,106 @@
+"""The placement `coserve plan` writes and `coserve serve` / `coserve simulate` read (YAML).
+
+Per mesh: its GPUs and the models on it with their parallelism, lane shares, initial KV quota and
+estimates; per model: its replicas and totals. Estimates come from the analytic unit model
+(coserve.placement.unit over the roofline cost model), not from a simulation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coserve.errors import ConfigError
+from coserve.placement.config import describe
+
+ESTIMATE_SOURCE = "analytic: roofline cost model + fluid unit model (not the discrete-event simulator)"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlacedModel(_Strict):
+    name: str
+    model: str  # the reference from the plan input: preset, config path, ...
+    dtype: str
+    tensor_parallel: int = Field(ge=1)
+    pipeline_parallel: int = Field(1, ge=1)
+    rate: float = Field(ge=0, description="requests/s routed to this replica")
+    prefill_share: float = Field(gt=0, le=1, description="fraction of each GPU's compute for the prefill lane")
+    decode_share: float = Field(gt=0, le=1, description="fraction of each GPU's compute for this model's decode lane")
+    kv_quota_bytes: int = Field(ge=0, description="initial KV pages' bytes on each GPU of the mesh")
+    kv_quota_tokens: int = Field(ge=0)
+    max_num_seqs: int = Field(ge=1)
+    est_throughput: float = Field(ge=0, description="requests/s")
+    est_ttft_ms: float = Field(ge=0, description="prefill alone on the prefill lane, queueing excluded")
+    est_tpot_ms: float | None = Field(None, ge=0, description="null: the decode lane cannot keep up")
+    est_slo_attainment: float = Field(ge=0, le=1)
+
+
+class PlacedMesh(_Strict):
+    id: int
+    node: int
+    gpus: list[int]
+    est_throughput: float
+    models: list[PlacedModel]
+
+
+class ModelSummary(_Strict):
+    name: str
+    rate: float
+    replicas: list[int] = Field(description="ids of the meshes holding a copy")
+    est_throughput: float
+    est_slo_attainment: float
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
+
+
+class Totals(_Strict):
+    rate: float
+    est_throughput: float
+    est_goodput: float = Field(description="requests/s served within their SLO")
+    est_slo_attainment: float
+    gpus_used: int
+    plan_seconds: float
+
+
+class ClusterSummary(_Strict):
+    nodes: int
+    gpus_per_node: int
+    gpu: str
+    interconnect: str
+
+
+class PlacementFile(_Strict):
+    strategy: str
+    objective: str
+    estimates: str = ESTIMATE_SOURCE
+    cluster: ClusterSummary
+    totals: Totals
+    meshes: list[PlacedMesh]
+    models: list[ModelSummary]
+    idle_gpus: list[int] = Field(default_factory=list)
+
+
+def write_placement(placement: PlacementFile, path: str | Path) -> None:
+    text = yaml.safe_dump(placement.model_dump(), sort_keys=False, default_flow_style=None, width=120)
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write placement to {path}: {exc.strerror}") from exc
+
+
+def load_placement(path: str | Path) -> PlacementFile:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read placement {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return PlacementFile.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid placement {path}: {describe(exc)}") from exc
