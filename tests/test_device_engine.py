@@ -87,7 +87,7 @@ def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
         device._dispatch({name: [] for name in engines})  # fill both lanes, without waiting for either
         assert len(device.in_flight) == 2
         victim = device.lanes[0]
-        victim_model = device.in_flight[0][0]
+        victim_model = device.in_flight[0].model
         os.kill(victim.process.pid, signal.SIGKILL)
         finished = {}
         while device.has_unfinished_requests():
@@ -117,3 +117,30 @@ def test_multiplexer_orders_and_bad_configs():
     for args in [("fastest", ["a"], 1), ("mux", ["a"], 0), ("spatial", ["a", "b", "c"], 2)]:
         with pytest.raises(ConfigError):
             Multiplexer(*args)
+
+
+def test_one_models_batch_spreads_over_idle_lanes_and_still_matches(reference):
+    engines = _engines(["real"])
+    device = DeviceEngine(engines, "mux", 2)
+    try:
+        for i, prompt in enumerate(PROMPTS):
+            engines["real"].add_request(prompt, PARAMS, request_id=f"real-{i}")
+        done = {}
+        device._dispatch({"real": []})
+        assert len(device.in_flight) == 2 and device.in_flight[0] is device.in_flight[1]  # one batch, two lanes
+        while device.has_unfinished_requests():
+            done.update({o.request_id: o for o in device.step() if o.finished})
+    finally:
+        device.close()
+    assert {rid: o.outputs[0].token_ids for rid, o in done.items()} == {
+        rid: tokens for rid, tokens in reference.items() if rid.startswith("real-")}
+
+
+def test_split_batch_balances_tokens():
+    from coserve.engine.device_engine import split_batch
+    from coserve.engine.scheduler import ScheduledRequest
+
+    items = [ScheduledRequest(object(), n) for n in (7, 5, 4, 1, 1, 1, 1)]
+    parts = split_batch(items, 2)
+    assert sorted(sum(i.num_new_tokens for i in part) for part in parts) == [10, 10]
+    assert len(split_batch(items[:1], 3)) == 1  # no empty parts

@@ -29,19 +29,25 @@ MiB = 1 << 20
 class DeviceConfig:
     """`memory_budget_bytes`: weights + activations + KV pool (on CUDA, default: the GPU's free
     memory). `kv_quotas`: fraction of the pages each model may ever hold; under `spatial` the
-    default is a fixed slice by expected demand, under `mux` and `temporal` no cap."""
+    default is a fixed slice by expected demand, under `mux` and `temporal` no cap. `lane_cores`:
+    the CPU cores of each lane (overrides num_lanes; default: the cores split evenly).
+    `spread_batches`: let one model's batch use several idle lanes nobody else is waiting for."""
 
     policy: str = "mux"
     num_lanes: int = 2
     memory_budget_bytes: int | None = None
     device: str = "cpu"
     kv_quotas: dict[str, float] = field(default_factory=dict)
+    lane_cores: list[list[int]] | None = None
+    spread_batches: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {list(POLICIES)}, got {self.policy!r}")
         if not isinstance(self.num_lanes, int) or self.num_lanes < 1:
             raise ConfigError(f"num_lanes must be a positive integer, got {self.num_lanes!r}")
+        if self.lane_cores is not None and (not self.lane_cores or not all(self.lane_cores)):
+            raise ConfigError(f"lane_cores needs at least one lane, each with at least one core; got {self.lane_cores}")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
             raise ConfigError(f"memory_budget_bytes must be > 0, got {self.memory_budget_bytes}")
         bad = {m: q for m, q in self.kv_quotas.items() if not 0 < q <= 1}
@@ -102,7 +108,8 @@ def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEn
         pool.set_quotas(caps, fixed=True)
     engines = {m.config.name: LLMEngine(m.config, pool=pool) for m in models}
     slos = {m.config.name: m.slo for m in models if m.slo is not None}
-    return DeviceEngine(engines, device.policy, device.num_lanes, slos=slos, demand=demand)
+    return DeviceEngine(engines, device.policy, device.num_lanes, slos=slos, demand=demand,
+                        lane_cores=device.lane_cores, spread_batches=device.spread_batches)
 
 
 def _check_models(models: list[ColocatedModel], device: DeviceConfig) -> None:

@@ -4,6 +4,10 @@ Each model keeps its own engine (requests, scheduler, sampler); the device decid
 next batch runs on which idle lane, ships the batch to that lane's process, and applies the
 sampled tokens when the lane answers. Batches of different models run at the same time on
 different lanes; one model never has two batches in flight, so its requests advance in order.
+
+A batch no other model is waiting for may be spread over several idle lanes (its requests split
+into balanced parts, each part on its own lane, tokens applied when every part is back): lanes
+then never idle while one popular model has work, which a fixed per-model split cannot do.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from coserve.engine.llm_engine import LLMEngine
@@ -18,9 +23,8 @@ from coserve.engine.model_load import ModelLoad, observe
 from coserve.engine.multiplexer import Multiplexer
 from coserve.engine.outputs import RequestOutput
 from coserve.engine.quota_adapter import adapt_quotas
-from coserve.engine.scheduler import SchedulerOutput
+from coserve.engine.scheduler import ScheduledRequest, SchedulerOutput
 from coserve.execution.lane import Job, Lane, LaneError
-from coserve.execution.model_runner import StepInputs
 from coserve.metrics import SLO
 
 logger = logging.getLogger(__name__)
@@ -36,20 +40,44 @@ def split_cores(num_lanes: int) -> list[list[int]]:
     return [cores[i * share:(i + 1) * share] for i in range(num_lanes)]
 
 
+def split_batch(scheduled: list[ScheduledRequest], parts: int) -> list[list[ScheduledRequest]]:
+    """Requests into `parts` groups of near-equal token counts (largest first, to the lightest)."""
+    groups: list[list[ScheduledRequest]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for item in sorted(scheduled, key=lambda item: item.num_new_tokens, reverse=True):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(item)
+        loads[lightest] += item.num_new_tokens
+    return [group for group in groups if group]
+
+
+@dataclass
+class Flight:
+    """One model's batch on one or more lanes."""
+
+    model: str
+    out: SchedulerOutput
+    lanes: set[int]
+    sampled: dict[str, int] = field(default_factory=dict)
+    error: LaneError | None = None
+
+
 class DeviceEngine:
     """`slos`: per-model latency targets the `mux` policy favours when missed; `demand`: expected
     KV demand per model (request rate x KV bytes per token), the split of pages nobody needs now.
     Under `mux` the page quotas adapt every round (see quota_adapter); other policies keep the
-    quotas they were given."""
+    quotas they were given. `lane_cores`: the cores of each lane (default: an even split)."""
 
     def __init__(self, engines: dict[str, LLMEngine], policy: str = "mux", num_lanes: int = 2,
                  slos: dict[str, SLO] | None = None, demand: dict[str, float] | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, lane_cores: list[list[int]] | None = None, spread_batches: bool = True):
         self.engines = engines
+        num_lanes = len(lane_cores) if lane_cores else num_lanes
         self.multiplexer = Multiplexer(policy, list(engines), num_lanes)
         self.slos = slos or {}
         self.demand = demand or {}
         self.clock = clock
+        self.spread_batches = spread_batches
         pools = {id(e.kv.pool) for e in engines.values()}
         self.pool = next(iter(engines.values())).kv.pool if len(pools) == 1 else None
         self.adapts_quotas = policy == "mux" and self.pool is not None
@@ -57,9 +85,9 @@ class DeviceEngine:
             engine.model.share_memory()
             engine.kv_cache.buffer.share_memory_()
         self._models = {name: (e.model, e.kv_cache) for name, e in engines.items()}
-        self.lanes = [Lane(i, cores, self._models)
-                      for i, cores in enumerate(split_cores(self.multiplexer.num_lanes))]
-        self.in_flight: dict[int, tuple[str, SchedulerOutput, StepInputs]] = {}
+        cores = lane_cores or split_cores(self.multiplexer.num_lanes)
+        self.lanes = [Lane(i, lane, self._models) for i, lane in enumerate(cores)]
+        self.in_flight: dict[int, Flight] = {}  # lane -> the flight it works on
         self._deferred_aborts: dict[str, list[str]] = {}
 
     def has_unfinished_requests(self) -> bool:
@@ -88,9 +116,11 @@ class DeviceEngine:
             self._collect(outputs)
         return outputs
 
+    # -- dispatch -------------------------------------------------------------------------------
+
     def _dispatch(self, outputs: dict[str, list[RequestOutput]]) -> None:
+        blocked: set[str] = set()  # models with work but nothing schedulable (no pages yet)
         for lane in self.lanes:
-            blocked: set[str] = set()  # models with work but nothing schedulable (no pages yet)
             while lane.index not in self.in_flight:
                 loads = [load for load in self._idle_loads() if load.name not in blocked]
                 name = self.multiplexer.pick(lane.index, loads)
@@ -104,9 +134,22 @@ class DeviceEngine:
                 if not out.scheduled:  # only requests the scheduler ended itself
                     outputs[name] += engine.finish_step(out, {})
                     continue
-                inputs = engine.runner.prepare(out, engine.kv.block_tables)
-                lane.submit(Job.from_inputs(name, inputs))
-                self.in_flight[lane.index] = (name, out, inputs)
+                others_waiting = any(load.has_work and load.name != name for load in loads)
+                self._launch(name, out, self._lanes_for(name, lane.index, len(out.scheduled), others_waiting))
+
+    def _lanes_for(self, model: str, first: int, batch_size: int, others_waiting: bool) -> list[int]:
+        if not self.spread_batches or others_waiting or batch_size < 2:
+            return [first]
+        idle = [i for i in self.multiplexer.lanes_of(model) if i not in self.in_flight and i != first]
+        return [first] + idle[:batch_size - 1]
+
+    def _launch(self, model: str, out: SchedulerOutput, lanes: list[int]) -> None:
+        engine = self.engines[model]
+        flight = Flight(model, out, set(lanes))
+        for lane_index, part in zip(lanes, split_batch(out.scheduled, len(lanes))):
+            inputs = engine.runner.prepare(SchedulerOutput(scheduled=part), engine.kv.block_tables)
+            self.lanes[lane_index].submit(Job.from_inputs(model, inputs), inputs)
+            self.in_flight[lane_index] = flight
 
     def loads(self) -> list[ModelLoad]:
         now = self.clock()
@@ -120,26 +163,35 @@ class DeviceEngine:
         busy = self._busy_models()
         return [load for load in loads if load.name not in busy]
 
+    def _busy_models(self) -> set[str]:
+        return {flight.model for flight in self.in_flight.values()}
+
+    # -- collect --------------------------------------------------------------------------------
+
     def _collect(self, outputs: dict[str, list[RequestOutput]]) -> None:
         by_connection = {self.lanes[i].connection: self.lanes[i] for i in self.in_flight}
         for connection in wait(list(by_connection)):
             lane = by_connection[connection]
-            name, out, inputs = self.in_flight.pop(lane.index)
-            engine = self.engines[name]
+            flight = self.in_flight.pop(lane.index)
+            engine = self.engines[flight.model]
+            inputs = lane.inputs
             try:
                 logits = lane.result()
             except LaneError as exc:
-                outputs[name] += engine.fail_step(out, exc)
+                flight.error = flight.error or exc
                 if not lane.alive:
                     self._restart(lane)
             else:
-                outputs[name] += engine.finish_step(out, engine.runner.sample(inputs, logits))
+                flight.sampled.update(engine.runner.sample(inputs, logits))
+            flight.lanes.discard(lane.index)
+            if not flight.lanes:  # every part is back: the batch's pages are quiet again
+                if flight.error is not None:
+                    outputs[flight.model] += engine.fail_step(flight.out, flight.error)
+                else:
+                    outputs[flight.model] += engine.finish_step(flight.out, flight.sampled)
         for name in [n for n in self._deferred_aborts if n not in self._busy_models()]:
             for request_id in self._deferred_aborts.pop(name):
                 self.engines[name].abort_request(request_id)
-
-    def _busy_models(self) -> set[str]:
-        return {name for name, _, _ in self.in_flight.values()}
 
     def _restart(self, lane: Lane) -> None:
         logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)

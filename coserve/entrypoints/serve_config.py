@@ -59,6 +59,8 @@ class DeviceSection(BaseModel):
     memory_budget_bytes: int | None = Field(None, gt=0)
     device: str = "cpu"
     kv_quotas: dict[str, float] = Field(default_factory=dict)
+    lane_cores: list[list[int]] | None = None
+    spread_batches: bool = True
 
     @model_validator(mode="after")
     def _quotas(self) -> DeviceSection:

@@ -89,7 +89,7 @@ class Lane:
         child.close()
         if self._conn.recv() != "ready":
             raise LaneError(f"lane {index} did not start")
-        self.busy_with: str | None = None  # the model whose job is in flight
+        self.inputs: StepInputs | None = None  # the host-side inputs of the job in flight (to sample from)
 
     @property
     def connection(self) -> Connection:
@@ -99,13 +99,12 @@ class Lane:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def submit(self, job: Job) -> None:
-        self.busy_with = job.model
+    def submit(self, job: Job, inputs: StepInputs | None = None) -> None:
+        self.inputs = inputs
         self._conn.send(job)
 
     def result(self) -> torch.Tensor | None:
         """The finished job's logits; LaneError if the job failed or the process died."""
-        self.busy_with = None
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:
