@@ -1,21 +1,23 @@
 """Three colocated models on one CPU device under spatial, temporal and mux policies, same budget.
 
-    python benchmarks/multiplexing.py [--num-prompts 48] [--rates 1 2 3 4] [--slo-scale 5]
+    python benchmarks/multiplexing.py [--num-prompts 32] [--rates 0.25 0.5 ...] [--slo-scale 5]
 
 The real SmolLM2-135M and two random-weight Llama shapes (8 layers/384 wide and 2 layers/64 wide,
 sharing SmolLM2's vocabulary) get power-law popularity (alpha 1.3: the real model is the most
-popular) and ShareGPT length pairs scaled down to this CPU. Every policy gets the same device: the
-same KV bytes and the same cores.
+popular) and ShareGPT length pairs scaled down to this CPU. Every policy gets the same device
+(`DeviceConfig`): the same memory budget (weights + activations + KV pages) and the same cores.
 
-- spatial: each model on its own lane (3 lanes on the cores) and its own slice of the pages;
+- spatial: each model on its own lane and its own fixed slice of the pages (by rate x KV bytes
+  per token); the popular model gets a core to itself, the other two share the second core;
 - temporal: one lane on all cores, models served first come first served, pages shared;
-- mux: two lanes, prefill first then decode, any model on any lane, pages shared.
+- mux: one lane per core, ADBS (prefill first, models past their SLO first, quotas adapted every
+  round), any model on any lane, a batch nobody else waits for spread over idle lanes.
 
 The SLO of each model is `--slo-scale` times the TTFT and TPOT it reaches alone on the whole
 device, measured through the same lane machinery (MuxServe's definition). For each policy the
-script measures throughput with all requests released at once, then sweeps the request rate to
-find the highest rate that keeps 99% of requests within their SLO. It prints the tables, writes
-JSON, and ends with one line of JSON.
+script measures throughput with all requests released at once, then sweeps the request rate
+upwards until 99% SLO attainment is lost, to find the highest rate that keeps it. It prints the
+tables, writes JSON, and ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ import numpy as np
 
 from coserve import SamplingParams
 from coserve.engine.config import EngineConfig
-from coserve.engine.device_engine import DeviceEngine
-from coserve.engine.device_pool import DeviceKVPool, PageLayout, initial_quotas
-from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device, memory_bill
+from coserve.engine.device_engine import DeviceEngine, split_cores
 from coserve.execution.weights import load_model
 from coserve.metrics import SLO, RequestRecord, compute_metrics
 from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
@@ -43,18 +44,26 @@ MODELS = {
     "small": dict(model="random:llama-small-49k", tokenizer=REAL, seed=1),
     "tiny": dict(model="random:llama-tiny-49k", tokenizer=REAL, seed=2),
 }
-LANES = {"spatial": 3, "temporal": 1, "mux": 2}
 
 
-def build_device(policy: str, kv_bytes: int, rates: dict[str, float]) -> DeviceEngine:
-    configs = {n: EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()}
-    pool = DeviceKVPool(PageLayout.for_configs(list(configs.values()), kv_bytes))
-    if policy == "spatial":  # a fixed slice per model, sized by its demand: nothing is shared
-        specs = [load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in configs.values()]
-        demand = {n: rates[n] * spec.kv_bytes_per_token() for n, spec in zip(configs, specs)}
-        pool.set_quotas(initial_quotas(demand, pool.layout.num_pages))
-    engines = {n: LLMEngine(c, pool=pool) for n, c in configs.items()}
-    return DeviceEngine(engines, policy, LANES[policy])
+def lane_cores(policy: str) -> list[list[int]]:
+    cores = [core for lane in split_cores(1) for core in lane]
+    if policy == "temporal":
+        return [cores]
+    if policy == "spatial":  # MODELS is ordered by popularity: the first gets a core of its own
+        return [[cores[0]], [cores[-1]], [cores[-1]]]
+    return [[core] for core in cores]
+
+
+def make_device(policy: str, kv_bytes: int, rates: dict[str, float], slos: dict[str, SLO] | None = None,
+                spread: bool = True) -> DeviceEngine:
+    configs = [EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()]
+    models = [ColocatedModel(c, rates[c.name], (slos or {}).get(c.name)) for c in configs]
+    specs = {c.name: load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in configs}
+    fixed = -memory_bill(models, specs, 0).kv_bytes  # weights + activations
+    device = DeviceConfig(policy=policy, memory_budget_bytes=fixed + kv_bytes, lane_cores=lane_cores(policy),
+                          spread_batches=spread)
+    return build_device(models, device)
 
 
 def prompt_ids(request_id: int, length: int) -> list[int]:
@@ -98,7 +107,7 @@ def _complete(record: RequestRecord, output, start: float) -> None:
 def solo_latency(lengths: LengthSpec, kv_bytes: int, rates: dict[str, float]) -> dict[str, SLO]:
     """Each model alone on the whole device (one lane on every core, lane overheads included):
     TTFT and TPOT of a request of half the prompt cap and the full output cap."""
-    device = build_device("temporal", kv_bytes, rates)
+    device = make_device("temporal", kv_bytes, rates)
     base = {}
     try:
         for name in MODELS:
@@ -120,7 +129,8 @@ def solo_latency(lengths: LengthSpec, kv_bytes: int, rates: dict[str, float]) ->
 
 
 def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, rates) -> dict:
-    device = build_device(policy, kv_bytes, rates)
+    base_policy = policy.removesuffix("-nospread")
+    device = make_device(base_policy, kv_bytes, rates, slos, spread=policy == base_policy)
     try:
         records = run_load(device, generate_workload(workload), f"{policy}-{workload.request_rate}")
     finally:
@@ -137,14 +147,15 @@ def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, rates) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-prompts", type=int, default=48)
-    parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--alpha", type=float, default=1.3)
     parser.add_argument("--slo-scale", type=float, default=5.0)
     parser.add_argument("--kv-bytes", type=int, default=256 << 20)
     parser.add_argument("--max-input-len", type=int, default=256)
     parser.add_argument("--max-output-len", type=int, default=64)
-    parser.add_argument("--policies", nargs="+", default=["spatial", "temporal", "mux"])
+    parser.add_argument("--policies", nargs="+", default=["spatial", "temporal", "mux"],
+                        help="also: mux-nospread (mux without spreading a batch over idle lanes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="results/multiplexing.json")
     args = parser.parse_args()
@@ -164,9 +175,14 @@ def main() -> None:
     results = {}
     for policy in args.policies:
         saturated = measure(policy, workload(math.inf), args.kv_bytes, slos, rates)
-        sweep = [measure(policy, workload(rate), args.kv_bytes, slos, rates) for rate in args.rates]
-        ok = [point["rate"] for point in sweep if (point["slo_attainment"] or 0) >= 0.99]
-        results[policy] = {"saturated": saturated, "sweep": sweep, "rate_at_99_slo": max(ok, default=0.0)}
+        sweep, held = [], 0.0
+        for rate in sorted(args.rates):  # upwards until attainment is lost: higher rates only queue more
+            point = measure(policy, workload(rate), args.kv_bytes, slos, rates)
+            sweep.append(point)
+            if (point["slo_attainment"] or 0) < 0.99:
+                break
+            held = rate
+        results[policy] = {"saturated": saturated, "sweep": sweep, "rate_at_99_slo": held}
         print(f"{policy:>9}: {saturated['req_s']:.3f} req/s, {saturated['tok_s']:.1f} tok/s saturated; "
               f"attainment by rate {[(p['rate'], round(p['slo_attainment'] or 0, 3)) for p in sweep]}")
 
