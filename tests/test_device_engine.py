@@ -86,7 +86,7 @@ def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
                                request_id=f"{name}-long")
         device._dispatch({name: [] for name in engines})  # fill both lanes, without waiting for either
         assert len(device.in_flight) == 2
-        victim = device.lanes[0]
+        victim = device.executor.lanes[0]
         victim_model = device.in_flight[0].model
         os.kill(victim.process.pid, signal.SIGKILL)
         finished = {}
@@ -98,7 +98,7 @@ def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
         survivor = next(n for n in engines if n != victim_model)
         assert finished[f"{survivor}-long"].error is None
         assert len(finished[f"{survivor}-long"].outputs[0].token_ids) == 40
-        assert device.lanes[0].alive  # restarted
+        assert device.executor.lanes[0].alive  # restarted
         again = _run(device, {victim_model: engines[victim_model]})
         assert all(o.error is None for o in again.values())
         pool = engines["real"].kv.pool

@@ -15,16 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from typing import Protocol
 
-from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.engine_core import EngineCore
 from coserve.engine.model_load import ModelLoad, observe
 from coserve.engine.multiplexer import Multiplexer
 from coserve.engine.outputs import RequestOutput
 from coserve.engine.quota_adapter import adapt_quotas
 from coserve.engine.scheduler import ScheduledRequest, SchedulerOutput
-from coserve.execution.lane import Job, Lane, LaneError
 from coserve.metrics import SLO
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,19 @@ def split_batch(scheduled: list[ScheduledRequest], parts: int) -> list[list[Sche
     return [group for group in groups if group]
 
 
+class LaneExecutor(Protocol):
+    """Runs jobs on lanes: worker processes (execution/process_lanes.py) or a cost model on a
+    virtual clock (simulator/lanes.py). The device's decisions are the same over either."""
+
+    num_lanes: int
+
+    def submit(self, lane: int, model: str, engine: EngineCore, part: list[ScheduledRequest]) -> None: ...
+
+    def wait(self) -> list[tuple[int, dict[str, int] | Exception]]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Flight:
     """One model's batch on one or more lanes."""
@@ -59,34 +72,40 @@ class Flight:
     out: SchedulerOutput
     lanes: set[int]
     sampled: dict[str, int] = field(default_factory=dict)
-    error: LaneError | None = None
+    error: Exception | None = None
 
 
 class DeviceEngine:
     """`slos`: per-model latency targets the `mux` policy favours when missed; `demand`: expected
     KV demand per model (request rate x KV bytes per token), the split of pages nobody needs now.
     Under `mux` the page quotas adapt every round (see quota_adapter); other policies keep the
-    quotas they were given. `lane_cores`: the cores of each lane (default: an even split)."""
+    quotas they were given. `lane_cores`: the cores of each lane (default: an even split).
+    `executor`: the lanes (default: worker processes on those cores). `on_launch(model, lanes,
+    out)` sees every batch as it is launched (tests compare real and simulated decisions)."""
 
-    def __init__(self, engines: dict[str, LLMEngine], policy: str = "mux", num_lanes: int = 2,
+    def __init__(self, engines: dict[str, EngineCore], policy: str = "mux", num_lanes: int = 2,
                  slos: dict[str, SLO] | None = None, demand: dict[str, float] | None = None,
-                 clock=time.monotonic, lane_cores: list[list[int]] | None = None, spread_batches: bool = True):
+                 clock=time.monotonic, lane_cores: list[list[int]] | None = None, spread_batches: bool = True,
+                 executor: LaneExecutor | None = None, on_launch: Callable | None = None):
         self.engines = engines
-        num_lanes = len(lane_cores) if lane_cores else num_lanes
+        if executor is not None:
+            num_lanes = executor.num_lanes
+        elif lane_cores:
+            num_lanes = len(lane_cores)
         self.multiplexer = Multiplexer(policy, list(engines), num_lanes)
         self.slos = slos or {}
         self.demand = demand or {}
         self.clock = clock
         self.spread_batches = spread_batches
+        self.on_launch = on_launch
         pools = {id(e.kv.pool) for e in engines.values()}
         self.pool = next(iter(engines.values())).kv.pool if len(pools) == 1 else None
         self.adapts_quotas = policy == "mux" and self.pool is not None
-        for engine in engines.values():  # lanes read the same weights and pages, not copies
-            engine.model.share_memory()
-            engine.kv_cache.buffer.share_memory_()
-        self._models = {name: (e.model, e.kv_cache) for name, e in engines.items()}
-        cores = lane_cores or split_cores(self.multiplexer.num_lanes)
-        self.lanes = [Lane(i, lane, self._models) for i, lane in enumerate(cores)]
+        if executor is None:
+            from coserve.execution.process_lanes import ProcessLanes  # the simulator never loads it
+
+            executor = ProcessLanes(engines, lane_cores or split_cores(self.multiplexer.num_lanes))
+        self.executor = executor
         self.in_flight: dict[int, Flight] = {}  # lane -> the flight it works on
         self._deferred_aborts: dict[str, list[str]] = {}
 
@@ -102,8 +121,7 @@ class DeviceEngine:
             self.engines[model].abort_request(request_id)
 
     def close(self) -> None:
-        for lane in self.lanes:
-            lane.close()
+        self.executor.close()
 
     def step(self) -> list[RequestOutput]:
         return [output for outputs in self.step_by_model().values() for output in outputs]
@@ -120,10 +138,10 @@ class DeviceEngine:
 
     def _dispatch(self, outputs: dict[str, list[RequestOutput]]) -> None:
         blocked: set[str] = set()  # models with work but nothing schedulable (no pages yet)
-        for lane in self.lanes:
-            while lane.index not in self.in_flight:
+        for lane in range(self.executor.num_lanes):
+            while lane not in self.in_flight:
                 loads = [load for load in self._idle_loads() if load.name not in blocked]
-                name = self.multiplexer.pick(lane.index, loads)
+                name = self.multiplexer.pick(lane, loads)
                 if name is None:
                     break
                 engine = self.engines[name]
@@ -135,7 +153,7 @@ class DeviceEngine:
                     outputs[name] += engine.finish_step(out, {})
                     continue
                 others_waiting = any(load.has_work and load.name != name for load in loads)
-                self._launch(name, out, self._lanes_for(name, lane.index, len(out.scheduled), others_waiting))
+                self._launch(name, out, self._lanes_for(name, lane, len(out.scheduled), others_waiting))
 
     def _lanes_for(self, model: str, first: int, batch_size: int, others_waiting: bool) -> list[int]:
         if not self.spread_batches or others_waiting or batch_size < 2:
@@ -145,11 +163,14 @@ class DeviceEngine:
 
     def _launch(self, model: str, out: SchedulerOutput, lanes: list[int]) -> None:
         engine = self.engines[model]
+        parts = split_batch(out.scheduled, len(lanes))
+        lanes = lanes[:len(parts)]
         flight = Flight(model, out, set(lanes))
-        for lane_index, part in zip(lanes, split_batch(out.scheduled, len(lanes))):
-            inputs = engine.runner.prepare(SchedulerOutput(scheduled=part), engine.kv.block_tables)
-            self.lanes[lane_index].submit(Job.from_inputs(model, inputs), inputs)
-            self.in_flight[lane_index] = flight
+        if self.on_launch is not None:
+            self.on_launch(model, lanes, out)
+        for lane, part in zip(lanes, parts):
+            self.executor.submit(lane, model, engine, part)
+            self.in_flight[lane] = flight
 
     def loads(self) -> list[ModelLoad]:
         now = self.clock()
@@ -169,22 +190,15 @@ class DeviceEngine:
     # -- collect --------------------------------------------------------------------------------
 
     def _collect(self, outputs: dict[str, list[RequestOutput]]) -> None:
-        by_connection = {self.lanes[i].connection: self.lanes[i] for i in self.in_flight}
-        for connection in wait(list(by_connection)):
-            lane = by_connection[connection]
-            flight = self.in_flight.pop(lane.index)
-            engine = self.engines[flight.model]
-            inputs = lane.inputs
-            try:
-                logits = lane.result()
-            except LaneError as exc:
-                flight.error = flight.error or exc
-                if not lane.alive:
-                    self._restart(lane)
+        for lane, result in self.executor.wait():
+            flight = self.in_flight.pop(lane)
+            if isinstance(result, Exception):
+                flight.error = flight.error or result
             else:
-                flight.sampled.update(engine.runner.sample(inputs, logits))
-            flight.lanes.discard(lane.index)
+                flight.sampled.update(result)
+            flight.lanes.discard(lane)
             if not flight.lanes:  # every part is back: the batch's pages are quiet again
+                engine = self.engines[flight.model]
                 if flight.error is not None:
                     outputs[flight.model] += engine.fail_step(flight.out, flight.error)
                 else:
@@ -192,7 +206,3 @@ class DeviceEngine:
         for name in [n for n in self._deferred_aborts if n not in self._busy_models()]:
             for request_id in self._deferred_aborts.pop(name):
                 self.engines[name].abort_request(request_id)
-
-    def _restart(self, lane: Lane) -> None:
-        logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)
-        self.lanes[lane.index] = Lane(lane.index, lane.cores, self._models)

@@ -1,0 +1,59 @@
+"""The lanes of a real device: worker processes over shared weights and pages (see lane.py).
+
+The device engine hands this executor a model's share of a batch for a lane and asks which lanes
+have finished; the simulator's executor answers the same two questions from a cost model.
+"""
+
+from __future__ import annotations
+
+import logging
+from multiprocessing.connection import wait
+
+from coserve.engine.engine_core import EngineCore
+from coserve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from coserve.execution.lane import Job, Lane, LaneError
+
+logger = logging.getLogger(__name__)
+
+LaneResult = dict[str, int] | LaneError  # sampled token per request id, or why the job failed
+
+
+class ProcessLanes:
+    def __init__(self, engines: dict, lane_cores: list[list[int]]):
+        for engine in engines.values():  # lanes read the same weights and pages, not copies
+            engine.model.share_memory()
+            engine.kv_cache.buffer.share_memory_()
+        self._models = {name: (e.model, e.kv_cache) for name, e in engines.items()}
+        self.lanes = [Lane(i, cores, self._models) for i, cores in enumerate(lane_cores)]
+        self._engines: dict[int, EngineCore] = {}  # lane -> the engine whose job it runs
+
+    @property
+    def num_lanes(self) -> int:
+        return len(self.lanes)
+
+    def submit(self, lane: int, model: str, engine, part: list[ScheduledRequest]) -> None:
+        inputs = engine.runner.prepare(SchedulerOutput(scheduled=part), engine.kv.block_tables)
+        self._engines[lane] = engine
+        self.lanes[lane].submit(Job.from_inputs(model, inputs), inputs)
+
+    def wait(self) -> list[tuple[int, LaneResult]]:
+        """Block until some lane is done; its sampled tokens (or error), in lane order."""
+        busy = {self.lanes[i].connection: self.lanes[i] for i in self._engines}
+        done = sorted((busy[c] for c in wait(list(busy))), key=lambda lane: lane.index)
+        return [(lane.index, self._result(lane)) for lane in done]
+
+    def _result(self, lane: Lane) -> LaneResult:
+        engine = self._engines.pop(lane.index)
+        inputs = lane.inputs
+        try:
+            logits = lane.result()
+        except LaneError as exc:
+            if not lane.alive:
+                logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)
+                self.lanes[lane.index] = Lane(lane.index, lane.cores, self._models)
+            return exc
+        return engine.runner.sample(inputs, logits)
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.close()
