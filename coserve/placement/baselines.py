@@ -106,7 +106,7 @@ def _spatial_layout(problem: Problem, sizes: dict[int, list[int]]) -> Layout:
         owners.append(model)
     layout = Layout(carving.meshes())
     for mesh, model in enumerate(owners):
-        layout.hosted[mesh].append(model)
+        layout.add(mesh, model)
     return layout
 
 

@@ -29,7 +29,7 @@ def plan_exhaustive(problem: Problem, evaluator: Evaluator | None = None) -> Lay
         for assignment in product(*hosts):
             layout = Layout(meshes)
             for model, mesh in enumerate(assignment):
-                layout.hosted[mesh].append(model)
+                layout.add(mesh, model)
             score = layout.total(evaluator)
             if score is not None and (best_score is None or score > best_score):
                 best_score, best = score, layout

@@ -20,57 +20,107 @@ from coserve.placement.meshes import Mesh, mesh_groups
 from coserve.placement.problem import Problem
 from coserve.placement.search import Evaluator, Layout
 
-# Only the best groups after the greedy pass get local search: it costs a few hundred unit estimates
-# each, and groups far behind after greedy rarely overtake the leaders.
-POLISHED_GROUPS = 4
+# Only the most promising groups after the greedy pass get replicas, and the best of those local
+# search: both cost hundreds of unit estimates per group, and groups far behind after greedy rarely
+# overtake the leaders (on the paper's set-up the winner is among the first few).
+REPLICATED_GROUPS = 16
+POLISHED_GROUPS = 8
 # Gains smaller than this fraction of the offered rate are noise, not a reason to move a model.
 RELATIVE_TOLERANCE = 1e-6
 MAX_LOCAL_SEARCH_ROUNDS = 50
+# A copy costs memory and a slice of a mesh: it must add at least 1% of its model's rate, below
+# which gains are within the estimate's own error.
+REPLICA_MIN_GAIN = 0.01
+SATURATED = 0.999  # a unit this loaded has no room for another replica
 
 
 def plan_greedy(problem: Problem, evaluator: Evaluator | None = None,
                 groups: Iterable[tuple[Mesh, ...]] | None = None) -> Layout:
-    """The best layout over all mesh groups; ConfigError naming the models no group could place."""
+    """The best layout over all mesh groups; ConfigError naming the models no group could place.
+
+    Every group gets the greedy pass in MuxServe's order. The most promising groups are also tried
+    in the other orders and get the replica pass; the spatial baseline's layout joins them as one
+    more start, so the result is never worse than it; the best few get local search.
+    """
     evaluator = evaluator or Evaluator(problem)
-    order = placement_order(problem)
-    finished: list[tuple[float, float, int, Layout]] = []
+    orders = placement_orders(problem)
+    finished: list[tuple[float, int, Layout, int]] = []  # (promise, tie-break, layout, order used)
     failures: Counter[int] = Counter()
     for meshes in groups if groups is not None else mesh_groups(problem.cluster):
         if not worth_trying(meshes, problem):
             continue
-        layout, failed = greedy_layout(meshes, order, evaluator)
-        if layout is None:
+        for used, order in enumerate(orders):  # the next order only where the previous one fails
+            layout, failed = greedy_layout(meshes, order, evaluator)
+            if layout is not None:
+                finished.append((promise(layout, evaluator), len(finished), layout, used))
+                break
             failures[failed] += 1
-            continue
-        if problem.settings.replicas:
-            add_replicas(layout, evaluator)
-        finished.append((layout.total(evaluator), -total_load(layout, evaluator), len(finished), layout))
     if not finished:
         raise ConfigError(unplaceable_message(problem, failures))
-    finished.sort(key=lambda item: item[:3], reverse=True)
-    best = finished[0][3]
+    finished.sort(key=lambda item: item[:2], reverse=True)
+    candidates = [item[2] for item in finished[:REPLICATED_GROUPS]]
+    for _, _, layout, used in finished[:REPLICATED_GROUPS]:
+        retries = (greedy_layout(layout.meshes, order, evaluator)[0] for order in orders[used + 1:])
+        candidates.extend(retry for retry in retries if retry is not None)
+    candidates.extend(baseline_starts(problem, evaluator))
+    if problem.settings.replicas:
+        for layout in candidates:
+            add_replicas(layout, evaluator)
+    candidates.sort(key=lambda layout: (layout.total(evaluator), -total_load(layout, evaluator)), reverse=True)
     if problem.settings.local_search:
-        polished = [improve(item[3], evaluator) for item in finished[:POLISHED_GROUPS]]
-        best = max(polished, key=lambda layout: layout.total(evaluator))
-    return best
+        candidates[:POLISHED_GROUPS] = [improve(layout, evaluator) for layout in candidates[:POLISHED_GROUPS]]
+    return max(candidates, key=lambda layout: layout.total(evaluator))
 
 
-def placement_order(problem: Problem) -> list[int]:
-    """Model indices by computation requirement, then size, descending (stable on ties)."""
+def baseline_starts(problem: Problem, evaluator: Evaluator) -> list[Layout]:
+    """The spatial baseline's layout (when it fits) as a start: local search may then colocate."""
+    from coserve.placement.baselines import plan_spatial  # baselines import this module's helpers
+
+    if not problem.settings.replicas:
+        return []  # spatial layouts may hold replicas, outside the search space without them
+    try:
+        return [plan_spatial(problem, evaluator)]
+    except ConfigError:
+        return []
+
+
+def promise(layout: Layout, evaluator: Evaluator) -> float:
+    """Score after the greedy pass, plus (when replicas may follow) the unmet rate in proportion to the
+    GPUs left idle: a group with empty meshes can still serve more."""
+    score = layout.total(evaluator)
+    if not evaluator.problem.settings.replicas:
+        return score
+    idle = sum(mesh.size for mesh, models in zip(layout.meshes, layout.hosted) if not models)
+    unmet = max(0.0, total_rate(evaluator) - score)
+    return score + unmet * idle / evaluator.problem.cluster.num_gpus
+
+
+def placement_orders(problem: Problem) -> list[list[int]]:
+    """Model indices by computation requirement (MuxServe's order), and, as second opinions, by
+    size (bin packing's largest first) and by rate; duplicates dropped."""
     models = problem.models
-    return sorted(range(len(models)), key=lambda i: (models[i].computation, models[i].weight_bytes), reverse=True)
+    keys = [lambda m: (m.computation, m.weight_bytes), lambda m: (m.weight_bytes, m.rate),
+            lambda m: (m.rate, m.weight_bytes)]
+    orders: list[list[int]] = []
+    for key in keys:
+        order = sorted(range(len(models)), key=lambda i: key(models[i]), reverse=True)
+        if order not in orders:
+            orders.append(order)
+    return orders
 
 
 def worth_trying(meshes: tuple[Mesh, ...], problem: Problem) -> bool:
-    """Some mesh must hold the largest model; without replicas, no mesh may stay empty."""
+    """Some mesh must hold the largest model; without replicas, no more meshes than models (or nodes,
+    when there are fewer models than nodes: every group then has a mesh per node)."""
     largest = max(m.size for m in meshes)
     if largest < max(m.min_mesh for m in problem.models):
         return False
-    return problem.settings.replicas or len(meshes) <= len(problem.models)
+    return problem.settings.replicas or len(meshes) <= max(len(problem.models), problem.cluster.nodes)
 
 
 def greedy_layout(meshes: tuple[Mesh, ...], order: list[int], evaluator: Evaluator) -> tuple[Layout | None, int]:
-    """Place each model where it adds the most; (None, model) when some model fits nowhere."""
+    """Place each model where it adds the most, then copies of those one mesh cannot serve;
+    (None, model) when some model fits nowhere."""
     layout = Layout(meshes)
     scores = [0.0] * len(meshes)
     for model in order:
@@ -78,9 +128,23 @@ def greedy_layout(meshes: tuple[Mesh, ...], order: list[int], evaluator: Evaluat
         if choice is None:
             return None, model
         mesh, score = choice
-        layout.hosted[mesh].append(model)
+        layout.add(mesh, model)
         scores[mesh] = score
+    if evaluator.problem.settings.replicas:  # only once every model has its first copy: never at their expense
+        for model in order:
+            replicate(layout, model, evaluator)
     return layout, -1
+
+
+def replicate(layout: Layout, model: int, evaluator: Evaluator) -> None:
+    """Copies of a model that one mesh cannot serve, while each adds REPLICA_MIN_GAIN of its rate."""
+    threshold = REPLICA_MIN_GAIN * evaluator.problem.models[model].rate
+    while model in underserved(layout, evaluator, [model]):
+        gains = [(replica_gain(layout, model, d, evaluator), d) for d in candidate_meshes(layout, model, evaluator)]
+        gains = [(g, d) for g, d in gains if g is not None and g > threshold]
+        if not gains:
+            return
+        layout.add(max(gains)[1], model)
 
 
 def best_mesh(layout: Layout, model: int, scores: list[float], evaluator: Evaluator) -> tuple[int, float] | None:
@@ -112,24 +176,26 @@ def add_replicas(layout: Layout, evaluator: Evaluator) -> None:
         for model in underserved(layout, evaluator):
             for mesh in candidate_meshes(layout, model, evaluator):
                 gain = replica_gain(layout, model, mesh, evaluator)
-                if gain is not None and gain > best_gain:
+                if gain is not None and gain > max(best_gain, REPLICA_MIN_GAIN * evaluator.problem.models[model].rate):
                     best_gain, best_move = gain, (model, mesh)
         if best_move is None:
             return
         model, mesh = best_move
-        layout.hosted[mesh].append(model)
+        layout.add(mesh, model)
 
 
-def underserved(layout: Layout, evaluator: Evaluator) -> list[int]:
+def underserved(layout: Layout, evaluator: Evaluator, among: list[int] | None = None) -> list[int]:
     """Models whose estimated score (served rate or goodput) falls short of their rate."""
-    got = model_scores(layout, evaluator)
+    got = model_scores(layout, evaluator, among)
     models = evaluator.problem.models
     return [i for i in sorted(got) if got[i] < models[i].rate * (1 - RELATIVE_TOLERANCE)]
 
 
-def model_scores(layout: Layout, evaluator: Evaluator) -> dict[int, float]:
+def model_scores(layout: Layout, evaluator: Evaluator, among: list[int] | None = None) -> dict[int, float]:
     got: dict[int, float] = {}
     for d in range(len(layout.meshes)):
+        if among is not None and not any(m in layout.hosted[d] for m in among):
+            continue
         key = layout.key(d)
         estimate = evaluator.unit(key) if key[1] else None
         for member in estimate.members if estimate else ():
@@ -139,13 +205,15 @@ def model_scores(layout: Layout, evaluator: Evaluator) -> dict[int, float]:
 
 
 def candidate_meshes(layout: Layout, model: int, evaluator: Evaluator) -> list[int]:
-    """Meshes that could take a copy of `model`, one per distinct unit."""
+    """Meshes with room that could take a copy of `model`, one per distinct unit."""
     seen, out = set(), []
     spec = evaluator.problem.models[model]
     for d, mesh in enumerate(layout.meshes):
         if model in layout.hosted[d] or not evaluator.can_host(spec, mesh.size):
             continue
         signature = layout.key(d)
+        if evaluator.load(signature) >= SATURATED:  # a full unit only reshuffles what it serves
+            continue
         if signature not in seen:
             seen.add(signature)
             out.append(d)
@@ -170,10 +238,7 @@ def improve(layout: Layout, evaluator: Evaluator) -> Layout:
         gain, move = best_move(layout, evaluator)
         if move is None or gain <= tolerance:
             break
-        for model, source, target in move:
-            layout.hosted[source].remove(model)
-        for model, source, target in move:
-            layout.hosted[target].append(model)
+        apply_move(layout, move)
     return layout
 
 
@@ -211,12 +276,16 @@ def move_gain(layout: Layout, move: list[tuple[int, int, int]], evaluator: Evalu
     touched = sorted({d for _, source, target in move for d in (source, target)})
     before = sum(evaluator.score(layout.key(d)) for d in touched)
     trial = layout.copy()
-    for model, source, _ in move:
-        trial.hosted[source].remove(model)
-    for model, _, target in move:
-        trial.hosted[target].append(model)
+    apply_move(trial, move)
     after = [evaluator.score(trial.key(d)) for d in touched]
     return None if any(s is None for s in after) else sum(after) - before
+
+
+def apply_move(layout: Layout, move: list[tuple[int, int, int]]) -> None:
+    for model, source, _ in move:
+        layout.remove(source, model)
+    for model, _, target in move:
+        layout.add(target, model)
 
 
 def total_rate(evaluator: Evaluator) -> float:

@@ -19,10 +19,10 @@ class Mesh:
     id: int
     node: int
     gpus: tuple[int, ...]  # global GPU ids: node x gpus_per_node + local index
+    size: int = 0  # len(gpus), filled in
 
-    @property
-    def size(self) -> int:
-        return len(self.gpus)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.gpus))
 
 
 def node_partitions(gpus: int, sizes: list[int]) -> list[tuple[int, ...]]:

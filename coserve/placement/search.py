@@ -25,6 +25,7 @@ class Evaluator:
         self.objective = problem.settings.objective
         self._on_mesh: dict[tuple[int, int], ModelOnMesh] = {}
         self._units: dict[UnitKey, UnitEstimate | None] = {}
+        self._scores: dict[UnitKey, float | None] = {}
 
     def can_host(self, model: ModelDemand, size: int) -> bool:
         return size >= model.min_mesh and memory.valid_tensor_degree(model.spec, size)
@@ -49,8 +50,10 @@ class Evaluator:
         """The objective's value of a unit: 0 when empty, None when infeasible."""
         if not key[1]:
             return 0.0
-        estimate = self.unit(key)
-        return None if estimate is None else estimate.score(self.objective)
+        if key not in self._scores:
+            estimate = self.unit(key)
+            self._scores[key] = None if estimate is None else estimate.score(self.objective)
+        return self._scores[key]
 
     def load(self, key: UnitKey) -> float:
         estimate = self.unit(key) if key[1] else None
@@ -63,21 +66,51 @@ class Layout:
 
     meshes: tuple[Mesh, ...]
     hosted: list[list[int]] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)  # replicas of each placed model
 
     def __post_init__(self) -> None:
         if not self.hosted:
             self.hosted = [[] for _ in self.meshes]
+        self.counts = {}
+        for models in self.hosted:
+            for m in models:
+                self.counts[m] = self.counts.get(m, 0) + 1
+
+        self._keys: dict[int, UnitKey] = {}  # cached plain keys, dropped when a mesh or a replica count changes
+
+    def add(self, mesh: int, model: int) -> None:
+        self.hosted[mesh].append(model)
+        self.counts[model] = self.counts.get(model, 0) + 1
+        self._forget(model, mesh)
+
+    def remove(self, mesh: int, model: int) -> None:
+        self.hosted[mesh].remove(model)
+        self.counts[model] -= 1
+        if not self.counts[model]:
+            del self.counts[model]
+        self._forget(model, mesh)
+
+    def _forget(self, model: int, mesh: int) -> None:
+        self._keys.pop(mesh, None)
+        for d, models in enumerate(self.hosted):
+            if model in models:
+                self._keys.pop(d, None)
 
     def replicas(self, model: int) -> int:
-        return sum(model in h for h in self.hosted)
+        return self.counts.get(model, 0)
 
-    def key(self, mesh: int, extra: int | None = None, without: int | None = None,
-            replicas: dict[int, int] | None = None) -> UnitKey:
-        """The unit key of a mesh, optionally with a model added or removed, and replica counts overridden."""
-        models = [m for m in self.hosted[mesh] if m != without] + ([extra] if extra is not None else [])
-        replicas = replicas or {}
-        counts = tuple(sorted((m, replicas.get(m) or self.replicas(m)) for m in models))
-        return self.meshes[mesh].size, counts
+    def key(self, mesh: int, extra: int | None = None, replicas: dict[int, int] | None = None) -> UnitKey:
+        """The unit key of a mesh, optionally with a model added and replica counts overridden."""
+        if extra is None and replicas is None:
+            if mesh not in self._keys:
+                self._keys[mesh] = self._key(mesh, None, None)
+            return self._keys[mesh]
+        return self._key(mesh, extra, replicas)
+
+    def _key(self, mesh: int, extra: int | None, replicas: dict[int, int] | None) -> UnitKey:
+        models = self.hosted[mesh] if extra is None else self.hosted[mesh] + [extra]
+        counts = self.counts if replicas is None else {**self.counts, **replicas}
+        return self.meshes[mesh].size, tuple(sorted((m, counts.get(m, 1)) for m in models))
 
     def copy(self) -> Layout:
         return Layout(self.meshes, [list(h) for h in self.hosted])
@@ -87,4 +120,4 @@ class Layout:
         return None if any(s is None for s in scores) else sum(scores)
 
     def placed(self) -> set[int]:
-        return {m for h in self.hosted for m in h}
+        return set(self.counts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from coserve.errors import CoserveError, ModelConfigError
+from coserve.errors import ConfigError, CoserveError
 from coserve.execution.models.spec import ModelSpec
 from coserve.execution.weights.presets import PRESETS
 from coserve.execution.weights.registry import RANDOM_PREFIX, resolve
@@ -15,14 +15,14 @@ from coserve.execution.weights.safetensors_dir import read_json
 def model_spec(reference: str, model_name: str) -> ModelSpec:
     """Spec of a preset name (`llama-7b` or `random:llama-7b`), a config.json, a model folder or a GGUF.
 
-    Errors are ModelConfigError naming `model_name`, the entry of the plan that asked.
+    Errors are ConfigError naming `model_name`, the entry of the plan that asked.
     """
     try:
         return _spec(reference)
     except CoserveError as exc:
-        raise ModelConfigError(f"model {model_name!r}: {exc}") from exc
+        raise ConfigError(f"model {model_name!r}: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:  # a config.json missing or mistyping a field
-        raise ModelConfigError(f"model {model_name!r}: config of {reference!r} is unusable ({exc!r})") from exc
+        raise ConfigError(f"model {model_name!r}: config of {reference!r} is unusable ({exc!r})") from exc
 
 
 @cache
@@ -40,4 +40,4 @@ def _spec(reference: str) -> ModelSpec:
         from coserve.execution.weights.gguf_file import open_gguf, spec_from_reader
 
         return spec_from_reader(open_gguf(source.path), source.path)
-    raise ModelConfigError(f"cannot find a config for {reference!r}; presets: {', '.join(PRESETS)}")
+    raise ConfigError(f"cannot find a config for {reference!r}; presets: {', '.join(PRESETS)}")

@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from coserve.costmodel.hardware import HardwareSpec
 from coserve.costmodel.roofline import JobCost, bandwidth_fraction, decode_cost, prefill_cost
 from coserve.placement import memory
 from coserve.placement.config import PlannerConfig
@@ -233,12 +234,23 @@ def _members(mms: list[ModelOnMesh], rates: list[float], served: list[float], qu
     return out
 
 
-def _decode_share(m: ModelOnMesh, served: float, batch: float, hw) -> float:
-    """Enough compute for the decode FLOPs, and enough to draw the bandwidth its steps need."""
+def _decode_share(m: ModelOnMesh, served: float, batch: float, hw: HardwareSpec) -> float:
+    """Enough compute for the decode FLOPs and to draw the bandwidth its steps need, and, when the
+    model has a TPOT target, enough that a step at the batch Little's law gives fits in it."""
     tokens = served * m.model.output_len
     flops_need = tokens * m.decode_flops_per_seq / m.peak_flops
     bytes_need = tokens * (m.decode_fixed_bytes / batch + m.decode_bytes_per_seq) / hw.memory_bandwidth
-    return _round_share(max(flops_need, bytes_need * hw.bandwidth_saturation_share) / LANE_TARGET_UTILISATION)
+    share = max(flops_need, bytes_need * hw.bandwidth_saturation_share) / LANE_TARGET_UTILISATION
+    target = m.model.tpot_slo
+    if target is not None:
+        steps_batch = min(batch, max(1.0, tokens * target))
+        compute_time = target - m.decode_comm_fixed - steps_batch * m.decode_comm_per_seq
+        if compute_time > 0:
+            step_bytes = m.decode_fixed_bytes + steps_batch * m.decode_bytes_per_seq
+            share = max(share, min(1.0, hw.bandwidth_saturation_share * step_bytes / (compute_time *
+                                                                                        hw.memory_bandwidth)),
+                        min(1.0, steps_batch * m.decode_flops_per_seq / (compute_time * m.peak_flops)))
+    return _round_share(share)
 
 
 def _round_share(share: float) -> float:
