@@ -94,21 +94,39 @@ def memory_bill(models: list[ColocatedModel], specs: dict[str, ModelSpec], budge
     return MemoryBill(weights, activations, budget)
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    """What a device's configuration decides before any engine exists (the simulator reuses it)."""
+
+    layout: PageLayout
+    page_caps: dict[str, int]  # fixed per-model page limits (empty: none)
+    demand: dict[str, float]  # rate x KV bytes per token
+    slos: dict[str, SLO]
+
+    def tokens_per_page(self, spec: ModelSpec, dtype: str) -> int:
+        return self.layout.page_bytes // spec.kv_bytes_per_token(parse_dtype(dtype))
+
+
+def plan_device(models: list[ColocatedModel], device: DeviceConfig, specs: dict[str, ModelSpec]) -> DevicePlan:
+    """Check the models against the device and size its pool; ConfigError names what does not fit."""
+    _check_models(models, device)
+    bill = memory_bill(models, specs, _budget(device))
+    layout = _layout([(specs[m.config.name], parse_dtype(m.config.dtype)) for m in models], bill, len(models))
+    demand = {m.config.name: m.rate * specs[m.config.name].kv_bytes_per_token(parse_dtype(m.config.dtype))
+              for m in models}
+    slos = {m.config.name: m.slo for m in models if m.slo is not None}
+    return DevicePlan(layout, _page_caps(device, demand, layout.num_pages), demand, slos)
+
+
 def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEngine:
     _check_models(models, device)
     specs = {m.config.name: load_model(m.config.model, tokenizer=False, layer_range=(0, 1)).spec for m in models}
-    bill = memory_bill(models, specs, _budget(device))
-    dtypes = [(specs[m.config.name], parse_dtype(m.config.dtype)) for m in models]
-    layout = _layout(dtypes, bill, len(models))
-    pool = DeviceKVPool(layout, device.device)
-    demand = {m.config.name: m.rate * specs[m.config.name].kv_bytes_per_token(parse_dtype(m.config.dtype))
-              for m in models}
-    caps = _page_caps(device, demand, layout.num_pages)
-    if caps:
-        pool.set_quotas(caps, fixed=True)
+    plan = plan_device(models, device, specs)
+    pool = DeviceKVPool(plan.layout, device.device)
+    if plan.page_caps:
+        pool.set_quotas(plan.page_caps, fixed=True)
     engines = {m.config.name: LLMEngine(m.config, pool=pool) for m in models}
-    slos = {m.config.name: m.slo for m in models if m.slo is not None}
-    return DeviceEngine(engines, device.policy, device.num_lanes, slos=slos, demand=demand,
+    return DeviceEngine(engines, device.policy, device.num_lanes, slos=plan.slos, demand=plan.demand,
                         lane_cores=device.lane_cores, spread_batches=device.spread_batches)
 
 

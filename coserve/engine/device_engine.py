@@ -127,11 +127,23 @@ class DeviceEngine:
         return [output for outputs in self.step_by_model().values() for output in outputs]
 
     def step_by_model(self) -> dict[str, list[RequestOutput]]:
-        """One round: fill idle lanes, then apply whatever finished; outputs grouped by model."""
+        """One round: fill idle lanes, then wait for and apply whatever finishes; by model."""
+        outputs = self.dispatch()
+        if self.in_flight:
+            for name, more in self.collect().items():
+                outputs[name] += more
+        return outputs
+
+    def dispatch(self) -> dict[str, list[RequestOutput]]:
+        """Fill idle lanes (outputs: requests the schedulers ended without running them)."""
         outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
         self._dispatch(outputs)
-        if self.in_flight:
-            self._collect(outputs)
+        return outputs
+
+    def collect(self) -> dict[str, list[RequestOutput]]:
+        """Apply the jobs the executor reports finished (a real executor blocks for one)."""
+        outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
+        self._collect(outputs)
         return outputs
 
     # -- dispatch -------------------------------------------------------------------------------

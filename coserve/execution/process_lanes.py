@@ -42,6 +42,10 @@ class ProcessLanes:
         done = sorted((busy[c] for c in wait(list(busy))), key=lambda lane: lane.index)
         return [(lane.index, self._result(lane)) for lane in done]
 
+    def collect(self, lanes: list[int]) -> list[tuple[int, LaneResult]]:
+        """Block until each of these lanes is done (tests script the order in which lanes end)."""
+        return [(index, self._result(self.lanes[index])) for index in sorted(lanes)]
+
     def _result(self, lane: Lane) -> LaneResult:
         engine = self._engines.pop(lane.index)
         inputs = lane.inputs

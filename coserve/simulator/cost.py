@@ -1,0 +1,104 @@
+"""How long a lane takes for a batch part: the shape of the part, then a cost model of that shape.
+
+`RooflineCost` derives durations from the model spec and a hardware spec (coserve.costmodel);
+`FittedCost` from coefficients fitted to profiles of the real engine (`coserve profile`). Both
+answer `cost(model, part, lane) -> seconds`, the question `SimulatedLanes` asks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from coserve.costmodel.hardware import HardwareSpec
+from coserve.costmodel.roofline import stage_costs
+from coserve.engine.scheduler import ScheduledRequest
+from coserve.errors import ConfigError
+from coserve.execution.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    tokens: int  # new tokens computed (prefill chunks and decode tokens together)
+    sampled: int  # rows that reach the LM head
+    attention_pairs: float  # (query token, key token) pairs attended, summed over the batch
+    kv_read: int  # cached tokens read back from pages
+
+    def features(self) -> list[float]:
+        """The fitted model's regressors, in COEFFICIENT_NAMES order."""
+        return [1.0, float(self.tokens), float(self.sampled), self.attention_pairs, float(self.kv_read)]
+
+
+COEFFICIENT_NAMES = ("seconds", "per_token", "per_sampled", "per_attention_pair", "per_kv_read")
+
+
+def batch_shape(part: list[ScheduledRequest]) -> BatchShape:
+    tokens = sampled = kv_read = 0
+    pairs = 0.0
+    for item in part:
+        done, new = item.request.num_computed_tokens, item.num_new_tokens
+        tokens += new
+        sampled += item.completes_known_tokens
+        kv_read += done
+        pairs += new * done + new * (new + 1) / 2  # token i of the chunk sees done + i + 1 keys
+    return BatchShape(tokens, sampled, pairs, kv_read)
+
+
+class RooflineCost:
+    """max(FLOPs / peak, bytes / bandwidth) of the whole batch on the lane's share of the device."""
+
+    def __init__(self, models: dict[str, tuple[ModelSpec, str]], hw: HardwareSpec, lane_shares: list[float]):
+        self.models = models
+        self.hw = hw
+        self.lane_shares = lane_shares
+
+    def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
+        return self.seconds(model, batch_shape(part), self.lane_shares[lane])
+
+    def seconds(self, model: str, shape: BatchShape, share: float) -> float:
+        spec, dtype = self.models[model]
+        context = shape.attention_pairs / shape.tokens
+        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, 1, 1, None)
+        return cost.seconds(self.hw, dtype, share)
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features."""
+
+    model: str
+    device: str
+    coefficients: dict[str, list[float]]  # lane size (as a string key) -> COEFFICIENT_NAMES values
+
+    def seconds(self, shape: BatchShape, lane_size: str) -> float:
+        if lane_size not in self.coefficients:
+            raise ConfigError(f"the cost file of {self.model} on {self.device} has no profile for lanes of "
+                              f"{lane_size}; profiled: {sorted(self.coefficients)}")
+        return max(0.0, sum(c * x for c, x in zip(self.coefficients[lane_size], shape.features())))
+
+    def save(self, path: str | Path) -> None:
+        body = {"model": self.model, "device": self.device, "features": COEFFICIENT_NAMES,
+                "coefficients": self.coefficients}
+        Path(path).write_text(json.dumps(body, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedModel:
+        try:
+            body = json.loads(Path(path).read_text())
+            return cls(body["model"], body["device"], body["coefficients"])
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
+
+
+class FittedCost:
+    """Durations from fitted profiles; `lane_sizes[lane]` picks the profile of that lane's size."""
+
+    def __init__(self, fitted: dict[str, FittedModel], lane_sizes: list[str]):
+        self.fitted = fitted
+        self.lane_sizes = lane_sizes
+
+    def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
+        if model not in self.fitted:
+            raise ConfigError(f"no cost file for model {model!r}; have {sorted(self.fitted)}")
+        return self.fitted[model].seconds(batch_shape(part), self.lane_sizes[lane])

@@ -1,0 +1,143 @@
+"""The simulator makes the real device's decisions: same scheduler, pool, multiplexer, quota adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+from coserve import SamplingParams
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_config import ColocatedModel, DeviceConfig, memory_bill, plan_device
+from coserve.engine.device_engine import DeviceEngine, split_cores
+from coserve.engine.device_pool import DeviceKVPool, PageLayout
+from coserve.engine.llm_engine import LLMEngine
+from coserve.execution.models.spec import parse_dtype
+from coserve.execution.process_lanes import ProcessLanes
+from coserve.metrics import SLO
+from coserve.placement.shapes import model_spec
+from coserve.simulator import SimCluster, SimDeviceSpec, SimModel, VirtualClock, batch_shape
+from coserve.workload import WorkloadRequest
+
+REAL = "smollm2-135m-instruct"
+MODELS = [  # name, model, rate, SLO (the tiny model's is tight enough to be missed)
+    ("real", REAL, 2.0, None),
+    ("small", "random:llama-small-49k", 1.0, None),
+    ("tiny", "random:llama-tiny-49k", 0.5, SLO(ttft_ms=30, tpot_ms=8)),
+]
+LENGTHS = [(40, 6), (9, 12), (70, 3), (25, 9), (5, 14), (33, 5)]  # (prompt, output) per request
+
+
+def scripted_seconds(model: str, part, lane: int) -> float:
+    """Durations both runs are given: a fixed cost, per token, per sampled row, per model size."""
+    shape = batch_shape(part)
+    size = {"real": 3.0, "small": 1.5, "tiny": 1.0}[model]
+    return size * (0.004 + 0.0002 * shape.tokens + 0.0005 * shape.sampled) + 0.0001 * lane
+
+
+class ScriptedLanes:
+    """Real lanes run every job, but a job 'ends' at the scripted time: both runs see one timeline."""
+
+    def __init__(self, inner: ProcessLanes, clock: VirtualClock):
+        self.inner = inner
+        self.clock = clock
+        self.num_lanes = inner.num_lanes
+        self.ends: dict[int, float] = {}
+
+    def submit(self, lane, model, engine, part):
+        self.ends[lane] = self.clock.now + scripted_seconds(model, part, lane)
+        self.inner.submit(lane, model, engine, part)
+
+    def wait(self):
+        end = min(self.ends.values())
+        lanes = [lane for lane, t in self.ends.items() if t == end]
+        self.clock.advance_to(end)
+        for lane in lanes:
+            del self.ends[lane]
+        return self.inner.collect(lanes)
+
+    def close(self):
+        self.inner.close()
+
+
+def _requests() -> list[WorkloadRequest]:
+    """Six requests per model; half arrive at once, the rest while the device is busy."""
+    return [WorkloadRequest(i, name, 0.0 if i % 2 else 0.013 * i, *LENGTHS[(i + j) % len(LENGTHS)])
+            for j, (name, *_) in enumerate(MODELS) for i in range(j * 10, j * 10 + 6)]
+
+
+def _drive(device: DeviceEngine, engines, clock: VirtualClock) -> dict:
+    """The benchmark's real-time loop on the scripted clock: admit what has arrived, then step."""
+    pending = sorted(_requests(), key=lambda r: r.arrival_time)
+    done = {}
+    while pending or device.has_unfinished_requests():
+        while pending and pending[0].arrival_time <= clock.now:
+            request = pending.pop(0)
+            params = SamplingParams(temperature=0, max_tokens=request.output_len, ignore_eos=True)
+            engines[request.model].add_request([7] * request.input_len, params, str(request.request_id))
+        outputs = device.dispatch()
+        if device.in_flight:  # what step() does: wait for the next job to end
+            for more in device.collect().values():
+                done.update({o.request_id: o for o in more if o.finished})
+        elif pending:  # idle: sleep until the next arrival
+            clock.advance_to(pending[0].arrival_time)
+        else:
+            assert not device.has_unfinished_requests(), "requests stuck with idle lanes"
+        done.update({o.request_id: o for more in outputs.values() for o in more if o.finished})
+    return done
+
+
+def _budget_for(colocated, specs, pages: int) -> int:
+    """Weights and activations of the models, plus `pages` KV pages."""
+    fixed = -memory_bill(colocated, specs, 0).kv_bytes
+    page = PageLayout.page_bytes_for([(specs[c.config.name], parse_dtype(c.config.dtype)) for c in colocated])
+    return fixed + pages * page
+
+
+def _decisions(log: list) -> callable:
+    def on_launch(model, lanes, out):
+        log.append((model, tuple(lanes), tuple((s.request.request_id, s.num_new_tokens) for s in out.scheduled),
+                    tuple(r.request_id for r in out.preempted)))
+    return on_launch
+
+
+@pytest.mark.parametrize("policy,lanes", [("mux", 2), ("temporal", 1)])
+def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
+    budget_pages = 12  # tight: quotas adapt and requests get preempted
+    specs = {name: model_spec(model, name) for name, model, *_ in MODELS}
+    configs = [EngineConfig(name=n, model=m, tokenizer=None, seed=1, max_num_seqs=4, max_num_batched_tokens=64)
+               for n, m, *_ in MODELS]
+    colocated = [ColocatedModel(c, rate, slo) for c, (_, _, rate, slo) in zip(configs, MODELS)]
+    device_config = DeviceConfig(policy, lanes, memory_budget_bytes=_budget_for(colocated, specs, budget_pages))
+    plan = plan_device(colocated, device_config, specs)
+    assert plan.layout.num_pages == budget_pages
+
+    # the real device: real weights, real lanes, scripted clock
+    clock = VirtualClock()
+    pool = DeviceKVPool(plan.layout)
+    engines = {c.name: LLMEngine(c, clock=clock, pool=pool) for c in configs}
+    real_log: list = []
+    real = DeviceEngine(engines, policy, slos=plan.slos, demand=plan.demand, clock=clock,
+                        executor=ScriptedLanes(ProcessLanes(engines, split_cores(lanes)), clock),
+                        on_launch=_decisions(real_log))
+    try:
+        real_done = _drive(real, engines, clock)
+    finally:
+        real.close()
+
+    # the simulated device: the same plan, the same durations from a cost callback
+    sim_models = [SimModel(n, m, dtype="float32", rate=rate, slo=slo, max_num_seqs=4, max_num_batched_tokens=64)
+                  for n, m, rate, slo in MODELS]
+    spec = SimDeviceSpec("cpu0", sim_models, device_config.memory_budget_bytes, policy, [1.0] * lanes,
+                         device="cpu")
+    cluster = SimCluster([spec], lambda device, specs: scripted_seconds)
+    sim_log: list = []
+    cluster.devices["cpu0"].on_launch = _decisions(sim_log)
+    records = cluster.run(_requests())
+
+    assert sim_log == real_log, "\n".join(f"{a}\n{b}\n" for a, b in zip(real_log, sim_log))
+    if policy == "mux":
+        assert any(preempted for *_, preempted in real_log)  # the pool really was contended
+    assert cluster.clock.now == pytest.approx(clock.now)
+    for record in records:
+        output = real_done[str(record.request_id)]
+        assert record.output_tokens == len(output.outputs[0].token_ids)
+        assert record.end_time == pytest.approx(output.metrics.last_token_time)
