@@ -141,3 +141,20 @@ def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
         output = real_done[str(record.request_id)]
         assert record.output_tokens == len(output.outputs[0].token_ids)
         assert record.end_time == pytest.approx(output.metrics.last_token_time)
+
+
+def test_the_cost_fit_recovers_known_coefficients_and_stays_non_negative():
+    import numpy as np
+
+    from coserve.costmodel.profile import fit
+    from coserve.simulator.cost import BatchShape
+
+    rng = np.random.default_rng(0)
+    truth = [0.004, 2e-5, 3e-4, 1e-8, 0.0]  # seconds, per token, per sampled row, per pair, per KV read
+    columns = zip(rng.integers(1, 512, 60), rng.integers(1, 32, 60), rng.integers(1, 10**5, 60),
+                  rng.integers(0, 4096, 60))
+    shapes = [BatchShape(int(t), int(s), float(p), int(k)) for t, s, p, k in columns]
+    samples = [(shape, float(np.dot(truth, shape.features()))) for shape in shapes]
+    assert np.allclose(fit(samples), truth, rtol=1e-6, atol=1e-12)
+    noisy = [(shape, seconds * (1 + 0.01 * rng.standard_normal())) for shape, seconds in samples]
+    assert min(fit(noisy)) >= 0.0

@@ -1,4 +1,4 @@
-"""The `coserve` command: generate, serve, bench, plan."""
+"""The `coserve` command: generate, serve, bench, plan, simulate, profile."""
 
 from __future__ import annotations
 
@@ -69,6 +69,40 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=plan_cli.run)
 
 
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    from coserve.simulator import cli as simulate_cli
+
+    p = sub.add_parser("simulate", help="replay a workload on a placement's meshes on a virtual clock")
+    simulate_cli.add_arguments(p)
+    p.set_defaults(func=simulate_cli.run)
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="time a model's lane jobs on this machine and fit the simulator's cost model")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--name", help="the model's name in the cost file (default: --model)")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu", help="a label for the machine the profile describes")
+    p.add_argument("--lane-cores", type=int, nargs="+", default=[1, 2], help="lane sizes to profile (cores)")
+    p.add_argument("-o", "--output", required=True, help="cost file (JSON) to write")
+    p.set_defaults(func=_profile)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import json
+
+    from coserve.costmodel.profile import profile_and_fit
+    from coserve.engine.config import EngineConfig
+
+    config = EngineConfig(model=args.model, name=args.name, tokenizer=args.tokenizer, dtype=args.dtype,
+                          max_num_batched_tokens=512)
+    fitted, errors = profile_and_fit(config, args.lane_cores, args.device)
+    fitted.save(args.output)
+    print(json.dumps({"coefficients": fitted.coefficients, "fit": errors}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -77,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_bench(sub)
     _add_plan(sub)
+    _add_simulate(sub)
+    _add_profile(sub)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""`coserve profile`: time the real engine's lane jobs over a mix of batch shapes, fit a cost model.
+
+Every job a lane runs is timed from hand-off (batch preparation included) to its sampled tokens,
+the span a simulated lane must reproduce. The mix covers prompt-heavy and decode-heavy batches
+at several batch sizes; the fit is least squares over BatchShape's features with coefficients
+kept non-negative (a negative cost per token would predict faster steps for bigger batches).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import DeviceEngine, split_cores
+from coserve.engine.llm_engine import LLMEngine
+from coserve.execution.process_lanes import ProcessLanes
+from coserve.sampling_params import SamplingParams
+from coserve.simulator.cost import COEFFICIENT_NAMES, BatchShape, FittedModel, batch_shape
+
+
+class TimedLanes:
+    """Real lanes, one job at a time, each job's shape and wall time recorded."""
+
+    def __init__(self, inner: ProcessLanes):
+        self.inner = inner
+        self.num_lanes = inner.num_lanes
+        self.samples: list[tuple[BatchShape, float]] = []
+        self._started: dict[int, tuple[BatchShape, float]] = {}
+
+    def submit(self, lane, model, engine, part):
+        self._started[lane] = (batch_shape(part), time.perf_counter())
+        self.inner.submit(lane, model, engine, part)
+
+    def wait(self):
+        results = self.inner.wait()
+        now = time.perf_counter()
+        for lane, _ in results:
+            shape, started = self._started.pop(lane)
+            self.samples.append((shape, now - started))
+        return results
+
+    def close(self):
+        self.inner.close()
+
+
+def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(max_num_seqs, [(prompt_len, output_len)]) runs: long prompts alone, short prompts batched,
+    and long decodes at batch sizes 1 to 32, so every feature varies on its own."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for batch in (1, 4, 16, 32):
+        lengths = [(int(rng.integers(8, max_prompt)), int(rng.integers(8, 48))) for _ in range(batch * 2)]
+        runs.append((batch, lengths))
+    runs.append((8, [(max_prompt, 1) for _ in range(4)]))
+    return runs
+
+
+def profile(config: EngineConfig, cores: list[int], seed: int = 0) -> list[tuple[BatchShape, float]]:
+    samples: list[tuple[BatchShape, float]] = []
+    for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2)):
+        run_config = EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs})
+        engine = LLMEngine(run_config)
+        lanes = TimedLanes(ProcessLanes({run_config.name: engine}, [cores]))
+        device = DeviceEngine({run_config.name: engine}, "temporal", executor=lanes)
+        try:
+            rng = np.random.default_rng(seed)
+            for prompt_len, output_len in lengths:
+                prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=prompt_len).tolist()
+                engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True))
+            while device.has_unfinished_requests():
+                device.step()
+        finally:
+            device.close()
+        samples += lanes.samples[1:]  # the first job of a fresh lane pays for warming its caches
+    return samples
+
+
+def fit(samples: list[tuple[BatchShape, float]]) -> list[float]:
+    """Non-negative least squares by elimination: refit without any feature that came out negative."""
+    x = np.array([shape.features() for shape, _ in samples])
+    y = np.array([seconds for _, seconds in samples])
+    active = list(range(x.shape[1]))
+    while True:
+        coefficients, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        if (coefficients >= 0).all():
+            break
+        active.pop(int(np.argmin(coefficients)))
+    full = [0.0] * x.shape[1]
+    for index, value in zip(active, coefficients):
+        full[index] = float(value)
+    return full
+
+
+def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str) -> tuple[FittedModel, dict]:
+    """One fit per lane size (cores); also the fit's relative error on its own samples."""
+    coefficients, errors = {}, {}
+    for size in lane_sizes:
+        samples = profile(config, split_cores(1)[0][:size])
+        coefficients[str(size)] = fit(samples)
+        model = FittedModel(config.name, device, {str(size): coefficients[str(size)]})
+        predicted = np.array([model.seconds(shape, str(size)) for shape, _ in samples])
+        measured = np.array([seconds for _, seconds in samples])
+        errors[str(size)] = {"samples": len(samples),
+                             "median_abs_rel_error": float(np.median(np.abs(predicted - measured) / measured))}
+    return FittedModel(config.name, device, coefficients), errors
+
+
+__all__ = ["COEFFICIENT_NAMES", "TimedLanes", "fit", "profile", "profile_and_fit", "shape_mix"]

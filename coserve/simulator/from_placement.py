@@ -1,0 +1,73 @@
+"""Simulated devices from a placement file (`coserve plan -o`), and the roofline costs for them.
+
+A mesh becomes one simulated device: its GPUs' memory (less each GPU's process overhead) is the
+budget, the models' tensor degree enters the cost model, and the policy decides the lanes:
+`mux` two lanes (MuxServe's prefill and decode partitions), sized by the mesh's largest prefill
+share; `temporal` one lane holding the whole mesh; `spatial` one lane per model, by its share.
+"""
+
+from __future__ import annotations
+
+from coserve.costmodel.hardware import HardwareSpec, get_hardware
+from coserve.costmodel.roofline import stage_costs
+from coserve.errors import ConfigError
+from coserve.execution.models.spec import ModelSpec
+from coserve.metrics import SLO
+from coserve.placement.placement_file import PlacedMesh, PlacementFile
+from coserve.simulator.cluster import SimDeviceSpec, SimModel
+from coserve.simulator.cost import BatchShape, batch_shape
+from coserve.simulator.lanes import JobCost
+
+POLICIES = ("mux", "temporal", "spatial")
+
+
+def devices_from_placement(placement: PlacementFile, policy: str = "mux") -> list[SimDeviceSpec]:
+    if policy not in POLICIES:
+        raise ConfigError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    slos = {m.name: SLO(ttft_ms=m.ttft_slo_ms, tpot_ms=m.tpot_slo_ms) for m in placement.models}
+    return [_device(mesh, hw, policy, slos) for mesh in placement.meshes if mesh.models]
+
+
+def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO]) -> SimDeviceSpec:
+    models = [SimModel(m.name, m.model, m.dtype, max(m.rate, 1e-9), slos.get(m.name),
+                       max_num_seqs=m.max_num_seqs) for m in mesh.models]
+    budget = len(mesh.gpus) * (hw.memory_bytes - hw.process_overhead_bytes)
+    if policy == "temporal":
+        shares = [1.0]
+    elif policy == "spatial":
+        total = sum(m.decode_share for m in mesh.models)
+        shares = [m.decode_share / total for m in mesh.models]
+    else:
+        prefill = max(m.prefill_share for m in mesh.models)
+        shares = [prefill, max(1.0 - prefill, prefill)]
+    return SimDeviceSpec(f"mesh{mesh.id}", models, budget, policy, shares, device="cuda")
+
+
+class MeshRoofline:
+    """Roofline durations for a mesh's models, each with its tensor degree, on a lane's share."""
+
+    def __init__(self, hw: HardwareSpec, models: dict[str, tuple[ModelSpec, str, int]], shares: list[float]):
+        self.hw = hw
+        self.models = models
+        self.shares = shares
+
+    def __call__(self, model: str, part, lane: int) -> float:
+        return self.seconds(model, batch_shape(part), self.shares[lane])
+
+    def seconds(self, model: str, shape: BatchShape, share: float) -> float:
+        spec, dtype, tp = self.models[model]
+        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, shape.attention_pairs / shape.tokens,
+                              shape.kv_read, tp, 1, None)
+        return cost.seconds(self.hw, dtype, min(1.0, share))
+
+
+def roofline_factory(placement: PlacementFile):
+    """`SimCluster`'s cost factory: each device's models with their tensor degree from the placement."""
+    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    degrees = {(f"mesh{mesh.id}", m.name): m.tensor_parallel for mesh in placement.meshes for m in mesh.models}
+
+    def cost_for(device: SimDeviceSpec, specs: dict[str, ModelSpec]) -> JobCost:
+        models = {m.name: (specs[m.name], m.dtype, degrees[device.name, m.name]) for m in device.models}
+        return MeshRoofline(hw, models, device.lane_shares)
+    return cost_for
