@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coserve.engine.config import DEFAULT_MODEL, EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig
-from coserve.errors import ConfigError
 from coserve.metrics import SLO
+from coserve.yaml_config import read_yaml, validate
 
 
 class ModelDeployment(BaseModel):
@@ -121,21 +120,4 @@ def default_config() -> ServerConfig:
 def load_config(path: str | Path | None) -> ServerConfig:
     if path is None:
         return default_config()
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return ServerConfig.model_validate(raw or {})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid config {path}:\n{_describe(exc)}") from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {where}: {error['msg']}")
-    return "\n".join(lines)
+    return validate(ServerConfig, read_yaml(path), f"config {path}", separator="\n  ")

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coserve.errors import ConfigError
 from coserve.workload import TRACES
+from coserve.yaml_config import read_yaml, validate
 
 Dtype = Literal["float16", "bfloat16", "float32"]
 Objective = Literal["throughput", "slo"]
@@ -111,26 +110,8 @@ def expanded_names(model: ModelConfig) -> list[str]:
 
 
 def load_plan_config(path: str | Path) -> PlanConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_plan_config(raw or {}, str(path))
+    return parse_plan_config(read_yaml(path), str(path))
 
 
 def parse_plan_config(raw: dict, origin: str = "plan config") -> PlanConfig:
-    try:
-        return PlanConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {origin}: {describe(exc)}") from exc
-
-
-def describe(exc: ValidationError) -> str:
-    """One line: each error as `field.path: message`."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+    return validate(PlanConfig, raw, origin)

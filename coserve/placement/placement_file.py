@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from coserve.errors import ConfigError
-from coserve.placement.config import describe
+from coserve.yaml_config import read_yaml, validate
 
 ESTIMATE_SOURCE = "analytic: roofline cost model + fluid unit model (not the discrete-event simulator)"
 
@@ -94,13 +94,4 @@ def write_placement(placement: PlacementFile, path: str | Path) -> None:
 
 
 def load_placement(path: str | Path) -> PlacementFile:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read placement {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return PlacementFile.model_validate(raw or {})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid placement {path}: {describe(exc)}") from exc
+    return validate(PlacementFile, read_yaml(path), f"placement {path}")
