@@ -55,13 +55,21 @@ def lane_cores(policy: str) -> list[list[int]]:
     return [[core] for core in cores]
 
 
+def engine_configs() -> list[EngineConfig]:
+    return [EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()]
+
+
+def device_budget(kv_bytes: int) -> int:
+    """The same budget for every policy: the models' weights and activations plus `kv_bytes`."""
+    configs = engine_configs()
+    specs = {c.name: load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in configs}
+    return -memory_bill([ColocatedModel(c) for c in configs], specs, 0).kv_bytes + kv_bytes
+
+
 def make_device(policy: str, kv_bytes: int, rates: dict[str, float], slos: dict[str, SLO] | None = None,
                 spread: bool = True) -> DeviceEngine:
-    configs = [EngineConfig(name=n, max_num_seqs=32, max_num_batched_tokens=512, **c) for n, c in MODELS.items()]
-    models = [ColocatedModel(c, rates[c.name], (slos or {}).get(c.name)) for c in configs]
-    specs = {c.name: load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in configs}
-    fixed = -memory_bill(models, specs, 0).kv_bytes  # weights + activations
-    device = DeviceConfig(policy=policy, memory_budget_bytes=fixed + kv_bytes, lane_cores=lane_cores(policy),
+    models = [ColocatedModel(c, rates[c.name], (slos or {}).get(c.name)) for c in engine_configs()]
+    device = DeviceConfig(policy=policy, memory_budget_bytes=device_budget(kv_bytes), lane_cores=lane_cores(policy),
                           spread_batches=spread)
     return build_device(models, device)
 

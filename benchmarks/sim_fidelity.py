@@ -1,0 +1,116 @@
+"""Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
+
+    python benchmarks/sim_fidelity.py [--num-prompts 32] [--rate 1.0] [--reprofile]
+
+Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
+(the same DeviceEngine code over simulated lanes whose durations come from the cost files that
+`coserve profile` fits to timed lane jobs of this machine; profiles are cached under costs/):
+- single: SmolLM2-135M alone, one lane on both cores;
+- mux: the three-model set-up of benchmarks/multiplexing.py under `mux` (two one-core lanes).
+Prints measured and simulated throughput and p50/p99 TTFT and TPOT with the relative error of
+each, writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
+
+from coserve.costmodel.profile import profile_and_fit
+from coserve.engine.config import EngineConfig
+from coserve.metrics import compute_metrics
+from coserve.simulator import SimCluster, SimDeviceSpec, SimModel
+from coserve.simulator.cost import FittedCost, FittedModel
+from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
+
+COSTS = Path(__file__).resolve().parent.parent / "costs"
+SETUPS = {"single": ["smollm2"], "mux": list(MODELS)}
+
+
+def cost_file(name: str, cores: int, reprofile: bool) -> FittedModel:
+    path = COSTS / f"{name}.cpu-{cores}core.json"
+    if path.exists() and not reprofile:
+        return FittedModel.load(path)
+    config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
+    fitted, errors = profile_and_fit(config, [cores], "cpu-local")
+    print(f"profiled {name} on {cores} core(s): {errors}")
+    COSTS.mkdir(exist_ok=True)
+    fitted.save(path)
+    return fitted
+
+
+def summary(records) -> dict:
+    overall = compute_metrics(records).overall
+    return {"throughput": overall.output_throughput, "ttft_p50": overall.ttft_ms.p50, "ttft_p99": overall.ttft_ms.p99,
+            "tpot_p50": overall.tpot_ms.p50, "tpot_p99": overall.tpot_ms.p99}
+
+
+def run_setup(setup: str, args) -> dict:
+    """The device always holds the three models (same budget and pages); `single` sends requests
+    to SmolLM2 only, on one lane of both cores."""
+    names = SETUPS[setup]
+    policy = "temporal" if setup == "single" else "mux"
+    alpha = None if setup == "single" else args.alpha
+    lengths = LengthSpec("sharegpt-lengths", max_input_len=args.max_input_len, max_output_len=args.max_output_len)
+    workload = WorkloadSpec(tuple(names), args.num_prompts, args.rate, alpha=alpha, seed=args.seed, lengths=lengths)
+    shares = dict(zip(names, workload.weights().tolist()))
+    rates = {n: shares.get(n, 0.0) * args.rate or 1e-9 for n in MODELS}  # only sizes spare pages
+    requests = generate_workload(workload)
+
+    device = make_device(policy, args.kv_bytes, rates)
+    try:
+        measured = summary(run_load(device, requests, setup))
+    finally:
+        device.close()
+
+    lanes = [len(cores) for cores in lane_cores(policy)]
+    fitted = {n: merged(n, sorted(set(lanes)), args.reprofile) for n in MODELS}
+    sim_models = [SimModel(n, MODELS[n]["model"], dtype="float32", rate=rates[n], max_num_seqs=32,
+                           max_num_batched_tokens=512) for n in MODELS]
+    total_cores = sum(len(cores) for cores in lane_cores("temporal"))
+    spec = SimDeviceSpec("cpu", sim_models, device_budget(args.kv_bytes), policy,
+                         [size / total_cores for size in lanes], device="cpu")
+    cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in lanes]))
+    simulated = summary(cluster.run(requests))
+    errors = {k: abs(simulated[k] - measured[k]) / measured[k] for k in measured if measured[k]}
+    return {"measured": measured, "simulated": simulated, "relative_error": errors}
+
+
+def merged(name: str, sizes: list[int], reprofile: bool) -> FittedModel:
+    """One model's fits for several lane sizes, as one FittedModel."""
+    coefficients = {}
+    for size in sizes:
+        coefficients.update(cost_file(name, size, reprofile).coefficients)
+    return FittedModel(name, "cpu-local", coefficients)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=1.3)
+    parser.add_argument("--kv-bytes", type=int, default=256 << 20)
+    parser.add_argument("--max-input-len", type=int, default=256)
+    parser.add_argument("--max-output-len", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS))
+    parser.add_argument("--reprofile", action="store_true", help="profile again even if costs/ has the files")
+    parser.add_argument("--output", default="results/sim_fidelity.json")
+    args = parser.parse_args()
+
+    results = {setup: run_setup(setup, args) for setup in args.setups}
+    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}")
+    for setup, r in results.items():
+        for key, value in r["measured"].items():
+            print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}")
+    worst = max(e for r in results.values() for e in r["relative_error"].values())
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
+    print(json.dumps({"max_relative_error": round(worst, 4)}))
+
+
+if __name__ == "__main__":
+    main()
