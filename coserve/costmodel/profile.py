@@ -1,9 +1,11 @@
 """`coserve profile`: time the real engine's lane jobs over a mix of batch shapes, fit a cost model.
 
-Every job a lane runs is timed from hand-off (batch preparation included) to its sampled tokens,
-the span a simulated lane must reproduce. The mix covers prompt-heavy and decode-heavy batches
-at several batch sizes; the fit is least squares over BatchShape's features with coefficients
-kept non-negative (a negative cost per token would predict faster steps for bigger batches).
+Every job a lane runs is timed from the end of the lane's previous job to its own sampled tokens:
+profiles run back to back, so that span is the job plus the host work around it (applying the
+last tokens, scheduling, preparing the batch), which is what a simulated lane must reproduce.
+The mix covers prompt-heavy and decode-heavy batches at several batch sizes; the fit is least
+squares over BatchShape's features with coefficients kept non-negative (a negative cost per
+token would predict faster steps for bigger batches).
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from coserve.simulator.cost import COEFFICIENT_NAMES, BatchShape, FittedModel, b
 
 
 class TimedLanes:
-    """Real lanes, one job at a time, each job's shape and wall time recorded."""
+    """Real lanes run back to back; each job's shape and span (previous end to its end) recorded."""
 
     def __init__(self, inner: ProcessLanes):
         self.inner = inner
         self.num_lanes = inner.num_lanes
         self.samples: list[tuple[BatchShape, float]] = []
         self._started: dict[int, tuple[BatchShape, float]] = {}
+        self._last_end: dict[int, float] = {}
 
     def submit(self, lane, model, engine, part):
-        self._started[lane] = (batch_shape(part), time.perf_counter())
+        started = self._last_end.get(lane, time.perf_counter())
+        self._started[lane] = (batch_shape(part), started)
         self.inner.submit(lane, model, engine, part)
 
     def wait(self):
@@ -39,6 +43,7 @@ class TimedLanes:
         for lane, _ in results:
             shape, started = self._started.pop(lane)
             self.samples.append((shape, now - started))
+            self._last_end[lane] = now
         return results
 
     def close(self):
