@@ -46,6 +46,9 @@ class EngineCore:
                                                    config.long_prefill_token_threshold), kv)
         self.states: dict[str, RequestState] = {}
         self._ids = itertools.count()
+        # False: a step reports finished requests only (offline batch runs, the simulator), which
+        # spares copying every request's growing token list on every step
+        self.stream_outputs = True
 
     def _forget(self, request_id: str) -> None:
         """Hook: drop per-request state kept outside the core (a sampler's generator)."""
@@ -164,15 +167,21 @@ class EngineCore:
         """Apply a batch's sampled tokens: advance, detokenise, retire finished requests."""
         finished = self.scheduler.update_from_output(out, sampled)
         now = self.clock()
-        outputs = [self._on_token(rid, token, now) for rid, token in sampled.items() if rid in self.states]
+        outputs = []
+        for request_id, token in sampled.items():
+            if request_id in self.states:
+                state = self._on_token(request_id, token, now)
+                if self.stream_outputs or state.request.finished:
+                    outputs.append(self._output(state))
         emitted = {o.request_id for o in outputs}
-        outputs += [self._output(self.states[r.request_id]) for r in finished if r.request_id not in emitted]
+        outputs += [self._output(self.states[r.request_id]) for r in finished
+                    if r.request_id not in emitted and r.request_id in self.states]
         for output in outputs:
             if output.finished:
                 self._retire(output.request_id, now)
         return outputs
 
-    def _on_token(self, request_id: str, token: int, now: float) -> RequestOutput:
+    def _on_token(self, request_id: str, token: int, now: float) -> RequestState:
         state = self.states[request_id]
         metrics = state.metrics
         metrics.first_token_time = metrics.first_token_time or now
@@ -184,7 +193,7 @@ class EngineCore:
             self.scheduler.finish_request(state.request, RequestStatus.FINISHED_STOPPED)
             state.request.status = RequestStatus.FINISHED_STOPPED
             state.request.stop_reason = stop
-        return self._output(state)
+        return state
 
     def _retire(self, request_id: str, now: float) -> None:
         state = self.states.pop(request_id)

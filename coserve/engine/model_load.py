@@ -34,7 +34,8 @@ class ModelLoad:
 def observe(name: str, engine: LLMEngine, slo: SLO | None, now: float) -> ModelLoad:
     scheduler = engine.scheduler
     prefill = bool(scheduler.waiting) or any(r.num_computed_tokens < r.num_prompt_tokens for r in scheduler.running)
-    oldest = min((s.metrics.arrival_time for s in engine.states.values()), default=float("inf"))
+    # states are kept in order of arrival (one clock stamps them), so the first is the oldest
+    oldest = next(iter(engine.states.values())).metrics.arrival_time if engine.states else float("inf")
     return ModelLoad(name, prefill, scheduler.has_unfinished_requests(), oldest,
                      used_pages=engine.kv.pool.used_by.get(engine.kv.owner, 0),
                      needed_pages=_needed_pages(engine),

@@ -29,12 +29,18 @@ class LLM:
             self.engines = {self.engine.config.name: self.engine}
             self._driver = self.engine
             self._device = None
+            self._report_finished_only()
             return
         colocated = [m if isinstance(m, ColocatedModel) else ColocatedModel(m) for m in models]
         self._device = build_device(colocated, device or DeviceConfig())
         self.engines = self._device.engines
         self.engine = next(iter(self.engines.values()))
         self._driver = self._device
+        self._report_finished_only()
+
+    def _report_finished_only(self) -> None:
+        for engine in self.engines.values():  # generate() returns whole completions, never deltas
+            engine.stream_outputs = False
 
     def close(self) -> None:
         if self._device is not None:

@@ -14,3 +14,4 @@ class SimEngine(EngineCore):
 
     def __init__(self, config: EngineConfig, spec: ModelSpec, pool: BlockPool, tokens_per_page: int, clock):
         super().__init__(config, spec, KVCacheManager(pool, tokens_per_page, owner=config.name), clock)
+        self.stream_outputs = False  # the event loop records finished requests only
