@@ -67,7 +67,7 @@ def run_setup(setup: str, args) -> dict:
         device.close()
 
     lanes = [len(cores) for cores in lane_cores(policy)]
-    fitted = {n: merged(n, sorted(set(lanes)), args.reprofile) for n in MODELS}
+    fitted = {n: merged(n, sorted(set(lanes)), args.reprofile) for n in names}  # only models that run
     sim_models = [SimModel(n, MODELS[n]["model"], dtype="float32", rate=rates[n], max_num_seqs=32,
                            max_num_batched_tokens=512) for n in MODELS]
     total_cores = sum(len(cores) for cores in lane_cores("temporal"))
