@@ -54,7 +54,11 @@ class Job:
 
 
 class LaneError(RuntimeError):
-    """The lane's process died or its job raised."""
+    """The lane's process died (`dead`) or its job raised."""
+
+    def __init__(self, message: str, dead: bool = False):
+        super().__init__(message)
+        self.dead = dead
 
 
 def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]], cores: list[int],
@@ -108,7 +112,9 @@ class Lane:
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise LaneError(f"lane {self.index} died (exit code {self.process.exitcode})") from exc
+            # the pipe closes as the process exits, possibly before is_alive() says so: reap it first
+            self.process.join(timeout=5)
+            raise LaneError(f"lane {self.index} died (exit code {self.process.exitcode})", dead=True) from exc
         if status == "error":
             raise LaneError(f"lane {self.index}: {payload}")
         return None if payload is None else torch.from_numpy(payload)

@@ -33,8 +33,13 @@ class ProcessLanes:
 
     def submit(self, lane: int, model: str, engine, part: list[ScheduledRequest]) -> None:
         inputs = engine.runner.prepare(SchedulerOutput(scheduled=part), engine.kv.block_tables)
+        job = Job.from_inputs(model, inputs)
         self._engines[lane] = engine
-        self.lanes[lane].submit(Job.from_inputs(model, inputs), inputs)
+        try:
+            self.lanes[lane].submit(job, inputs)
+        except OSError:  # the lane died while idle: a fresh one takes the job
+            self._restart(self.lanes[lane])
+            self.lanes[lane].submit(job, inputs)
 
     def wait(self) -> list[tuple[int, LaneResult]]:
         """Block until some lane is done; its sampled tokens (or error), in lane order."""
@@ -52,11 +57,15 @@ class ProcessLanes:
         try:
             logits = lane.result()
         except LaneError as exc:
-            if not lane.alive:
-                logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)
-                self.lanes[lane.index] = Lane(lane.index, lane.cores, self._models)
+            if exc.dead or not lane.alive:
+                self._restart(lane)
             return exc
         return engine.runner.sample(inputs, logits)
+
+    def _restart(self, lane: Lane) -> None:
+        logger.error("lane %d died; starting a new one on cores %s", lane.index, lane.cores)
+        lane.close()
+        self.lanes[lane.index] = Lane(lane.index, lane.cores, self._models)
 
     def close(self) -> None:
         for lane in self.lanes:

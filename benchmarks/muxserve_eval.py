@@ -1,0 +1,85 @@
+"""MuxServe's evaluation in the simulator: 32 A100s, 19 LLaMA models, alpha x rate-scale grid.
+
+    python benchmarks/muxserve_eval.py [--alphas 0.7 0.9 1.3 1.7 2.1] [--scales 0.5 0.75 1 1.25] [--duration 10]
+
+For each popularity exponent, `coserve plan` places the paper's models (examples/plan_paper.yaml)
+twice: greedy (MuxServe's placement) and spatial (each model on dedicated GPUs sized to its rate).
+Each rate scale is then simulated with roofline costs under three policies: `mux` on the greedy
+placement, `temporal` on the same placement (one lane per mesh, first come first served), and
+`spatial` (the spatial placement; one model per mesh). Prints throughput and SLO attainment
+tables, the highest scale keeping 99% attainment per policy, writes JSON, and ends with one line
+of JSON: {"max_throughput_over_spatial": .., "max_rate_at_99_slo_over_spatial": .., "simulation_seconds": ..}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
+from coserve.simulator.cli import simulate_placement
+
+PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
+POLICIES = {"mux": ("greedy", "mux"), "temporal": ("greedy", "temporal"), "spatial": ("spatial", "mux")}
+
+
+def place(alpha: float, strategy: str, path: Path) -> None:
+    raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
+    raw["workload"]["alpha"] = alpha
+    write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.9, 1.3, 1.7, 2.1])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25])
+    parser.add_argument("--duration", type=float, default=10.0, help="simulated seconds of arrivals per point")
+    parser.add_argument("--output", default="results/muxserve_eval.json")
+    args = parser.parse_args()
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict = {}
+    for alpha in args.alphas:
+        paths = {}
+        for strategy in ("greedy", "spatial"):
+            paths[strategy] = out.with_name(f"placement_alpha{alpha}_{strategy}.yaml")
+            place(alpha, strategy, paths[strategy])
+        for scale in args.scales:
+            for policy, (strategy, sim_policy) in POLICIES.items():
+                sim_args = argparse.Namespace(placement=str(paths[strategy]), policy=sim_policy,
+                                              duration=args.duration, rate_scale=scale, dataset="sharegpt-lengths",
+                                              max_input_len=1024, max_output_len=1024, seed=0, output=None)
+                r = simulate_placement(sim_args)
+                results.setdefault(str(alpha), {}).setdefault(policy, {})[str(scale)] = {
+                    "req_s": r["request_throughput"], "slo_attainment": r["slo_attainment"] or 0.0,
+                    "wall_s": r["wall_seconds"]}
+                print(f"alpha {alpha} scale {scale} {policy:>8}: {r['request_throughput']:.1f} req/s, "
+                      f"SLO attainment {r['slo_attainment'] or 0:.3f} ({r['wall_seconds']:.0f} s)", flush=True)
+    seconds = time.perf_counter() - started
+
+    print(f"\n{'alpha':>6}{'scale':>7}" + "".join(f"{p + ' req/s':>16}{p + ' SLO':>14}" for p in POLICIES))
+    throughput_ratios, rate_ratios = [], []
+    for alpha, by_policy in results.items():
+        for scale in map(str, args.scales):
+            row = "".join(f"{by_policy[p][scale]['req_s']:>16.1f}{by_policy[p][scale]['slo_attainment']:>14.3f}"
+                          for p in POLICIES)
+            print(f"{alpha:>6}{scale:>7}{row}")
+            throughput_ratios.append(by_policy["mux"][scale]["req_s"] / by_policy["spatial"][scale]["req_s"])
+        held = {p: max((float(s) for s, v in by_policy[p].items() if v["slo_attainment"] >= 0.99), default=0.0)
+                for p in POLICIES}
+        results[alpha]["highest_scale_at_99_slo"] = held
+        print(f"alpha {alpha}: highest rate scale with 99% SLO attainment {held}")
+        if held["spatial"]:
+            rate_ratios.append(held["mux"] / held["spatial"])
+    out.write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
+    print(json.dumps({"max_throughput_over_spatial": round(max(throughput_ratios), 3),
+                      "max_rate_at_99_slo_over_spatial": round(max(rate_ratios), 3) if rate_ratios else None,
+                      "simulation_seconds": round(seconds, 1)}))
+
+
+if __name__ == "__main__":
+    main()
