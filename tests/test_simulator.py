@@ -158,3 +158,24 @@ def test_the_cost_fit_recovers_known_coefficients_and_stays_non_negative():
     assert np.allclose(fit(samples), truth, rtol=1e-6, atol=1e-12)
     noisy = [(shape, seconds * (1 + 0.01 * rng.standard_normal())) for shape, seconds in samples]
     assert min(fit(noisy)) >= 0.0
+
+
+def test_simulate_a_placement_from_the_planner(tmp_path):
+    """`coserve plan` then `coserve simulate`: every request served, per-model SLOs applied, and bad
+    input (a missing file, a negative scale) is a one-line error with exit code 2."""
+    from pathlib import Path
+
+    from coserve.entrypoints.cli import main
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "plan_small.yaml"
+    placement = tmp_path / "placement.yaml"
+    assert main(["plan", str(example), "-o", str(placement)]) == 0
+    out = tmp_path / "sim.json"
+    assert main(["simulate", str(placement), "--duration", "3", "--output", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["num_requests"] > 50 and result["request_throughput"] > 0
+    assert 0 <= result["slo_attainment"] <= 1
+    assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["simulate", str(placement), "--rate-scale", "-1"]) == 2
