@@ -157,3 +157,11 @@ def test_server_with_a_mux_device_serves_both_models_side_by_side(smollm2_llm):
         while device.has_unfinished_requests() and time.monotonic() < deadline:
             time.sleep(0.01)  # the abort lands once the engine thread reads it
         assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
+
+
+def test_the_example_device_config_is_valid():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parent.parent / "examples" / "serve_mux.yaml")
+    assert config.device.policy == "mux" and [m.name for m in config.models] == ["smollm2", "small", "tiny"]
+    assert config.models[0].colocated(None).slo.ttft_ms == 2000
