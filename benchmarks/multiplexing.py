@@ -33,9 +33,10 @@ import numpy as np
 from coserve import SamplingParams
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device, memory_bill
-from coserve.engine.device_engine import DeviceEngine, split_cores
+from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.execution.weights import load_model
 from coserve.metrics import SLO, RequestRecord, compute_metrics
+from coserve.simulator.records import complete
 from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
 REAL = "smollm2-135m-instruct"
@@ -47,7 +48,7 @@ MODELS = {
 
 
 def lane_cores(policy: str) -> list[list[int]]:
-    cores = [core for lane in split_cores(1) for core in lane]
+    cores = available_cores()
     if policy == "temporal":
         return [cores]
     if policy == "spatial":  # MODELS is ordered by popularity: the first gets a core of its own
@@ -97,19 +98,8 @@ def run_load(device: DeviceEngine, requests, rate_label: str) -> list[RequestRec
             continue
         for output in device.step():
             if output.finished:
-                _complete(records[output.request_id], output, start)
+                complete(records[output.request_id], output, start)
     return list(records.values())
-
-
-def _complete(record: RequestRecord, output, start: float) -> None:
-    metrics = output.metrics
-    record.success = output.error is None and metrics.first_token_time is not None
-    record.error = output.error or ""
-    record.first_token_time = (metrics.first_token_time or start) - start
-    record.end_time = (metrics.last_token_time or start) - start
-    record.chunk_times = [t - start for t in metrics.token_times]
-    record.prompt_tokens = len(output.prompt_token_ids)
-    record.output_tokens = len(output.outputs[0].token_ids)
 
 
 def solo_latency(lengths: LengthSpec, kv_bytes: int, rates: dict[str, float]) -> dict[str, SLO]:

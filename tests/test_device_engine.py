@@ -84,7 +84,7 @@ def test_a_dead_lane_fails_its_batch_and_the_device_keeps_serving():
         for name, engine in engines.items():
             engine.add_request("Tell me a long story", SamplingParams(max_tokens=40, ignore_eos=True),
                                request_id=f"{name}-long")
-        device._dispatch({name: [] for name in engines})  # fill both lanes, without waiting for either
+        device.dispatch()  # fill both lanes, without waiting for either
         assert len(device.in_flight) == 2
         victim = device.executor.lanes[0]
         victim_model = device.in_flight[0].model
@@ -126,7 +126,7 @@ def test_one_models_batch_spreads_over_idle_lanes_and_still_matches(reference):
         for i, prompt in enumerate(PROMPTS):
             engines["real"].add_request(prompt, PARAMS, request_id=f"real-{i}")
         done = {}
-        device._dispatch({"real": []})
+        device.dispatch()
         assert len(device.in_flight) == 2 and device.in_flight[0] is device.in_flight[1]  # one batch, two lanes
         while device.has_unfinished_requests():
             done.update({o.request_id: o for o in device.step() if o.finished})

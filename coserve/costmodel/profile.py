@@ -15,11 +15,11 @@ import time
 import numpy as np
 
 from coserve.engine.config import EngineConfig
-from coserve.engine.device_engine import DeviceEngine, split_cores
+from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.engine.llm_engine import LLMEngine
 from coserve.execution.process_lanes import ProcessLanes
 from coserve.sampling_params import SamplingParams
-from coserve.simulator.cost import COEFFICIENT_NAMES, BatchShape, FittedModel, batch_shape
+from coserve.simulator.cost import BatchShape, FittedModel, batch_shape
 
 
 class TimedLanes:
@@ -102,7 +102,7 @@ def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str) ->
     """One fit per lane size (cores); also the fit's relative error on its own samples."""
     coefficients, errors = {}, {}
     for size in lane_sizes:
-        samples = profile(config, split_cores(1)[0][:size])
+        samples = profile(config, available_cores()[:size])
         coefficients[str(size)] = fit(samples)
         model = FittedModel(config.name, device, {str(size): coefficients[str(size)]})
         predicted = np.array([model.seconds(shape, str(size)) for shape, _ in samples])
@@ -111,5 +111,3 @@ def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str) ->
                              "median_abs_rel_error": float(np.median(np.abs(predicted - measured) / measured))}
     return FittedModel(config.name, device, coefficients), errors
 
-
-__all__ = ["COEFFICIENT_NAMES", "TimedLanes", "fit", "profile", "profile_and_fit", "shape_mix"]

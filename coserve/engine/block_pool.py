@@ -7,6 +7,8 @@ is usable by any other at once.
 
 from __future__ import annotations
 
+from coserve.errors import ConfigError
+
 
 class BlockPool:
     def __init__(self, num_blocks: int):
@@ -31,6 +33,15 @@ class BlockPool:
     def usage(self, owner: str | None = None) -> float:
         used = self.num_used_blocks if owner is None else self.used_by.get(owner, 0)
         return used / self.num_blocks
+
+    def set_quotas(self, quotas: dict[str, int], fixed: bool = False) -> None:
+        """Cap each owner's pages; `fixed` caps are also the most it may ever hold (a slice that
+        adaptation never grows)."""
+        if sum(quotas.values()) > self.num_blocks:
+            raise ConfigError(f"quotas sum to {sum(quotas.values())} pages but the pool has {self.num_blocks}")
+        self.quotas = dict(quotas)
+        if fixed:
+            self.limits = dict(quotas)
 
     def capacity(self, owner: str) -> int:
         """The most pages `owner` could ever hold: a request needing more can never run."""

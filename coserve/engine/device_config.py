@@ -13,10 +13,9 @@ import torch
 
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import DeviceEngine
-from coserve.engine.device_pool import DeviceKVPool, PageLayout
+from coserve.engine.device_pool import DeviceKVPool, PageLayout, initial_quotas
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.multiplexer import POLICIES
-from coserve.engine.quota_adapter import split_pages
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
 from coserve.execution.weights import load_model
@@ -119,7 +118,6 @@ def plan_device(models: list[ColocatedModel], device: DeviceConfig, specs: dict[
 
 
 def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEngine:
-    _check_models(models, device)
     specs = {m.config.name: load_model(m.config.model, tokenizer=False, layer_range=(0, 1)).spec for m in models}
     plan = plan_device(models, device, specs)
     pool = DeviceKVPool(plan.layout, device.device)
@@ -174,10 +172,6 @@ def _page_caps(device: DeviceConfig, demand: dict[str, float], num_pages: int) -
         if empty:
             raise ConfigError(f"kv_quotas of {empty} round to zero of the pool's {num_pages} pages")
         return caps
-    if device.policy == "spatial":
-        caps = split_pages(num_pages, demand)
-        starved = sorted(m for m, pages in caps.items() if pages < 1)
-        if starved:
-            raise ConfigError(f"spatial slices of {num_pages} pages leave {starved} without a page")
-        return caps
+    if device.policy == "spatial":  # every model gets a page at least (_layout checked there are enough)
+        return initial_quotas(demand, num_pages)
     return {}

@@ -30,9 +30,14 @@ from coserve.metrics import SLO
 logger = logging.getLogger(__name__)
 
 
+def available_cores() -> list[int]:
+    """The cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+
+
 def split_cores(num_lanes: int) -> list[list[int]]:
     """Cores per lane; with more lanes than cores, lanes share cores round-robin (oversubscribed)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    cores = available_cores()
     if num_lanes > len(cores):
         logger.warning("%d lanes on %d cores: lanes will share cores", num_lanes, len(cores))
         return [[cores[i % len(cores)]] for i in range(num_lanes)]
@@ -134,21 +139,11 @@ class DeviceEngine:
                 outputs[name] += more
         return outputs
 
+    # -- dispatch -------------------------------------------------------------------------------
+
     def dispatch(self) -> dict[str, list[RequestOutput]]:
         """Fill idle lanes (outputs: requests the schedulers ended without running them)."""
         outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
-        self._dispatch(outputs)
-        return outputs
-
-    def collect(self) -> dict[str, list[RequestOutput]]:
-        """Apply the jobs the executor reports finished (a real executor blocks for one)."""
-        outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
-        self._collect(outputs)
-        return outputs
-
-    # -- dispatch -------------------------------------------------------------------------------
-
-    def _dispatch(self, outputs: dict[str, list[RequestOutput]]) -> None:
         blocked: set[str] = set()  # models with work but nothing schedulable (no pages yet)
         for lane in range(self.executor.num_lanes):
             while lane not in self.in_flight:
@@ -166,6 +161,7 @@ class DeviceEngine:
                     continue
                 others_waiting = any(load.has_work and load.name != name for load in loads)
                 self._launch(name, out, self._lanes_for(name, lane, len(out.scheduled), others_waiting))
+        return outputs
 
     def _lanes_for(self, model: str, first: int, batch_size: int, others_waiting: bool) -> list[int]:
         if not self.spread_batches or others_waiting or batch_size < 2:
@@ -201,7 +197,9 @@ class DeviceEngine:
 
     # -- collect --------------------------------------------------------------------------------
 
-    def _collect(self, outputs: dict[str, list[RequestOutput]]) -> None:
+    def collect(self) -> dict[str, list[RequestOutput]]:
+        """Apply the jobs the executor reports finished (a real executor blocks for one)."""
+        outputs: dict[str, list[RequestOutput]] = {name: [] for name in self.engines}
         for lane, result in self.executor.wait():
             flight = self.in_flight.pop(lane)
             if isinstance(result, Exception):
@@ -218,3 +216,4 @@ class DeviceEngine:
         for name in [n for n in self._deferred_aborts if n not in self._busy_models()]:
             for request_id in self._deferred_aborts.pop(name):
                 self.engines[name].abort_request(request_id)
+        return outputs

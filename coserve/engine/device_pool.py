@@ -76,14 +76,7 @@ class DeviceKVPool:
         return PagedKVCache(spec, self.layout.num_pages, tokens, spec.num_layers, dtype, self.device, typed)
 
     def set_quotas(self, quotas: dict[str, int], fixed: bool = False) -> None:
-        """Cap each model's pages; `fixed` caps are also the most it may ever hold (a slice of the
-        device that adaptation never grows)."""
-        if sum(quotas.values()) > self.layout.num_pages:
-            raise ConfigError(f"quotas sum to {sum(quotas.values())} pages but the pool has "
-                              f"{self.layout.num_pages}")
-        self.blocks.quotas = dict(quotas)
-        if fixed:
-            self.blocks.limits = dict(quotas)
+        self.blocks.set_quotas(quotas, fixed)
 
 
 def initial_quotas(demands: dict[str, float], num_pages: int) -> dict[str, int]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coserve.engine.config import DEFAULT_MODEL, EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig
+from coserve.errors import ConfigError
 from coserve.metrics import SLO
 from coserve.yaml_config import read_yaml, validate
 
@@ -62,12 +63,11 @@ class DeviceSection(BaseModel):
     spread_batches: bool = True
 
     @model_validator(mode="after")
-    def _quotas(self) -> DeviceSection:
-        bad = {m: q for m, q in self.kv_quotas.items() if not 0 < q <= 1}
-        if bad:
-            raise ValueError(f"kv_quotas are fractions of the pool in (0, 1]; got {bad}")
-        if sum(self.kv_quotas.values()) > 1 + 1e-9:
-            raise ValueError(f"kv_quotas sum to {sum(self.kv_quotas.values()):.0%} of the pool, over 100%")
+    def _checked_by_device_config(self) -> DeviceSection:
+        try:
+            self.device_config()  # one set of rules for YAML and Python callers
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def device_config(self) -> DeviceConfig:

@@ -41,7 +41,7 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     from coserve.metrics import compute_metrics, format_table
     from coserve.placement.placement_file import load_placement
     from coserve.simulator.cluster import SimCluster
-    from coserve.simulator.from_placement import devices_from_placement, roofline_factory
+    from coserve.simulator.from_placement import devices_from_placement, placement_slos, roofline_factory
     from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
     if args.duration <= 0 or args.rate_scale <= 0:
@@ -57,7 +57,7 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     records = cluster.run(generate_workload(spec))  # each request to the least-loaded replica
     wall = time.perf_counter() - started
-    slos = {m.name: _slo(m) for m in placement.models}
+    slos = placement_slos(placement)
     metrics = compute_metrics(records, slos, models=tuple(rates))
     overall = metrics.overall
     return {"table": format_table(metrics, "Simulated serving"), "simulated_seconds": cluster.clock.now,
@@ -65,9 +65,3 @@ def simulate_placement(args: argparse.Namespace) -> dict:
             "policy": args.policy, "request_throughput": overall.request_throughput,
             "output_throughput": overall.output_throughput, "slo_attainment": overall.slo_attainment,
             "ttft_p99_ms": overall.ttft_ms.p99, "tpot_p99_ms": overall.tpot_ms.p99}
-
-
-def _slo(model):
-    from coserve.metrics import SLO
-
-    return SLO(ttft_ms=model.ttft_slo_ms, tpot_ms=model.tpot_slo_ms)

@@ -74,7 +74,7 @@ class SimCluster:
                               spread_batches=spec.spread_batches)
         plan = plan_device(colocated, device, specs)
         pool = BlockPool(plan.layout.num_pages)
-        pool.quotas, pool.limits = dict(plan.page_caps), dict(plan.page_caps)
+        pool.set_quotas(plan.page_caps, fixed=True)
         engines = {c.config.name: SimEngine(c.config, specs[c.config.name], pool,
                                             plan.tokens_per_page(specs[c.config.name], c.config.dtype), self.clock)
                    for c in colocated}

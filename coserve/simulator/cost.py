@@ -46,9 +46,12 @@ def batch_shape(part: list[ScheduledRequest]) -> BatchShape:
 
 
 class RooflineCost:
-    """max(FLOPs / peak, bytes / bandwidth) of the whole batch on the lane's share of the device."""
+    """max(FLOPs / peak, bytes / bandwidth) of the whole batch on the lane's share of the device.
 
-    def __init__(self, models: dict[str, tuple[ModelSpec, str]], hw: HardwareSpec, lane_shares: list[float]):
+    `models`: name -> (spec, dtype, tensor degree); a lane share above 1 counts as the whole device.
+    """
+
+    def __init__(self, models: dict[str, tuple[ModelSpec, str, int]], hw: HardwareSpec, lane_shares: list[float]):
         self.models = models
         self.hw = hw
         self.lane_shares = lane_shares
@@ -57,10 +60,10 @@ class RooflineCost:
         return self.seconds(model, batch_shape(part), self.lane_shares[lane])
 
     def seconds(self, model: str, shape: BatchShape, share: float) -> float:
-        spec, dtype = self.models[model]
+        spec, dtype, tp = self.models[model]
         context = shape.attention_pairs / shape.tokens
-        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, 1, 1, None)
-        return cost.seconds(self.hw, dtype, share)
+        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, tp, 1, None)
+        return cost.seconds(self.hw, dtype, min(1.0, share))
 
 
 @dataclass(frozen=True)

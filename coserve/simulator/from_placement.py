@@ -9,23 +9,25 @@ share; `temporal` one lane holding the whole mesh; `spatial` one lane per model,
 from __future__ import annotations
 
 from coserve.costmodel.hardware import HardwareSpec, get_hardware
-from coserve.costmodel.roofline import stage_costs
+from coserve.engine.multiplexer import POLICIES
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import ModelSpec
 from coserve.metrics import SLO
 from coserve.placement.placement_file import PlacedMesh, PlacementFile
 from coserve.simulator.cluster import SimDeviceSpec, SimModel
-from coserve.simulator.cost import BatchShape, batch_shape
+from coserve.simulator.cost import RooflineCost
 from coserve.simulator.lanes import JobCost
 
-POLICIES = ("mux", "temporal", "spatial")
+
+def placement_slos(placement: PlacementFile) -> dict[str, SLO]:
+    return {m.name: SLO(ttft_ms=m.ttft_slo_ms, tpot_ms=m.tpot_slo_ms) for m in placement.models}
 
 
 def devices_from_placement(placement: PlacementFile, policy: str = "mux") -> list[SimDeviceSpec]:
     if policy not in POLICIES:
         raise ConfigError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
     hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
-    slos = {m.name: SLO(ttft_ms=m.ttft_slo_ms, tpot_ms=m.tpot_slo_ms) for m in placement.models}
+    slos = placement_slos(placement)
     return [_device(mesh, hw, policy, slos) for mesh in placement.meshes if mesh.models]
 
 
@@ -44,24 +46,6 @@ def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO
     return SimDeviceSpec(f"mesh{mesh.id}", models, budget, policy, shares, device="cuda")
 
 
-class MeshRoofline:
-    """Roofline durations for a mesh's models, each with its tensor degree, on a lane's share."""
-
-    def __init__(self, hw: HardwareSpec, models: dict[str, tuple[ModelSpec, str, int]], shares: list[float]):
-        self.hw = hw
-        self.models = models
-        self.shares = shares
-
-    def __call__(self, model: str, part, lane: int) -> float:
-        return self.seconds(model, batch_shape(part), self.shares[lane])
-
-    def seconds(self, model: str, shape: BatchShape, share: float) -> float:
-        spec, dtype, tp = self.models[model]
-        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, shape.attention_pairs / shape.tokens,
-                              shape.kv_read, tp, 1, None)
-        return cost.seconds(self.hw, dtype, min(1.0, share))
-
-
 def roofline_factory(placement: PlacementFile):
     """`SimCluster`'s cost factory: each device's models with their tensor degree from the placement."""
     hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
@@ -69,5 +53,5 @@ def roofline_factory(placement: PlacementFile):
 
     def cost_for(device: SimDeviceSpec, specs: dict[str, ModelSpec]) -> JobCost:
         models = {m.name: (specs[m.name], m.dtype, degrees[device.name, m.name]) for m in device.models}
-        return MeshRoofline(hw, models, device.lane_shares)
+        return RooflineCost(models, hw, device.lane_shares)
     return cost_for
