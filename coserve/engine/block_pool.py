@@ -43,6 +43,19 @@ class BlockPool:
         if fixed:
             self.limits = dict(quotas)
 
+    def set_limit(self, owner: str, pages: int) -> None:
+        """Cap one owner (its quota and its limit) without touching the others'."""
+        self.quotas[owner] = self.limits[owner] = pages
+
+    def transfer(self, blocks: list[int], from_owner: str, to_owner: str) -> None:
+        """Hand held pages to another owner without freeing them (their contents stay valid)."""
+        for block in blocks:
+            if self._owner[block] != from_owner:
+                raise RuntimeError(f"block {block} is held by {self._owner[block]!r}, not {from_owner!r}")
+            self._owner[block] = to_owner
+        self.used_by[from_owner] -= len(blocks)
+        self.used_by[to_owner] = self.used_by.get(to_owner, 0) + len(blocks)
+
     def capacity(self, owner: str) -> int:
         """The most pages `owner` could ever hold: a request needing more can never run."""
         return min(self.num_blocks, self.limits.get(owner, self.num_blocks))

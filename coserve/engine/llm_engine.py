@@ -55,14 +55,7 @@ class LLMEngine(EngineCore):
         self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 32768)
         self.model = self._build_model(loaded.state_dict)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        if pool is None:
-            num_blocks = self._num_kv_blocks()
-            self.kv_cache = PagedKVCache(self.spec, num_blocks, config.block_size, self.spec.num_layers,
-                                         self.dtype, self.device)
-            kv = KVCacheManager(BlockPool(num_blocks), config.block_size, owner=config.name)
-        else:
-            self.kv_cache = pool.cache_for(self.spec, self.dtype)
-            kv = KVCacheManager(pool.blocks, self.kv_cache.block_size, owner=config.name)
+        self.kv_cache, kv = self._make_kv_cache(pool)
         super().__init__(config, self.spec, kv, clock, tokenizer, chat_template)
         num_blocks = self.kv.pool.num_blocks
         attention = get_attention_backend(config.attention_backend, self.device)
@@ -79,6 +72,17 @@ class LLMEngine(EngineCore):
         if self.device.type == "cpu":
             _move_to_huge_pages(model)
         return model.eval()
+
+    def _make_kv_cache(self, pool: DeviceKVPool | None) -> tuple[PagedKVCache, KVCacheManager]:
+        """The KV tensors and this model's view of the page pool (subclasses lay pages out otherwise)."""
+        config = self.config
+        if pool is not None:
+            kv_cache = pool.cache_for(self.spec, self.dtype)
+            return kv_cache, KVCacheManager(pool.blocks, kv_cache.block_size, owner=config.name)
+        num_blocks = self._num_kv_blocks()
+        kv_cache = PagedKVCache(self.spec, num_blocks, config.block_size, self.spec.num_layers, self.dtype,
+                                self.device)
+        return kv_cache, KVCacheManager(BlockPool(num_blocks), config.block_size, owner=config.name)
 
     def _num_kv_blocks(self) -> int:
         config = self.config

@@ -11,6 +11,7 @@ The scheduler never reads a clock and never touches a tensor: real and simulated
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from coserve.engine.kv_cache_manager import KVCacheManager, cdiv
@@ -59,6 +60,9 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        # called with a victim before its pages are freed; True means its KV was saved elsewhere
+        # (swapped out) and the hook took the request over, so it is not requeued for recompute
+        self.preempt_hook: Callable[[Request], bool] | None = None
 
     # -- queue management ----------------------------------------------------------------------
 
@@ -148,13 +152,15 @@ class Scheduler:
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         self.running.remove(victim)
-        self.kv.free(victim)
         victim.status = RequestStatus.PREEMPTED
-        victim.num_computed_tokens = 0
         victim.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(victim)
         out.preempted.append(victim)
+        if self.preempt_hook is not None and self.preempt_hook(victim):
+            return
+        self.kv.free(victim)
+        victim.num_computed_tokens = 0
+        self.waiting.appendleft(victim)
 
     def _can_ever_fit(self, request: Request, num_new: int) -> bool:
         capacity = self.kv.pool.capacity(self.kv.owner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -19,7 +20,7 @@ import torch.multiprocessing as mp
 
 from coserve.execution.attention import AttentionMetadata, PrefillChunk, get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache
-from coserve.execution.model_runner import StepInputs, forward_logits
+from coserve.execution.model_runner import StepInputs, forward_logits, forward_stage
 from coserve.execution.models.llama import LlamaModel
 
 
@@ -35,6 +36,12 @@ class Job:
     arrays: dict[str, np.ndarray]
     prefills: list[tuple[int, int, int, np.ndarray]]
     block_size: int
+    # a pipeline stage runs layers [start, end) only, from the previous stage's hidden states
+    start: int = 0
+    end: int | None = None
+    hidden: np.ndarray | None = None
+    # seconds the job waits before it runs: a modelled transfer (swap, migration) the step must absorb
+    stall_s: float = 0.0
 
     @classmethod
     def from_inputs(cls, model: str, inputs: StepInputs) -> Job:
@@ -61,6 +68,34 @@ class LaneError(RuntimeError):
         self.dead = dead
 
 
+@dataclass
+class SetLayer:
+    """Replace layer `index` of `model` on the lane: new weights and KV tensors (shared memory), or
+    None for both to drop the layer and its KV (the lane lets go of its references)."""
+
+    model: str
+    index: int
+    layer: torch.nn.Module | None
+    kv: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def _run(job: Job, models: dict, attention) -> np.ndarray | None:
+    if job.stall_s > 0:
+        time.sleep(job.stall_s)
+    model, kv_cache = models[job.model]
+    if job.end is None:
+        logits = forward_logits(model, kv_cache, attention, job.inputs())
+        return None if logits is None else logits.numpy()
+    return forward_stage(model, kv_cache, attention, job.inputs(), job.start, job.end,
+                         None if job.hidden is None else torch.from_numpy(job.hidden)).numpy()
+
+
+def _set_layer(message: SetLayer, models: dict) -> None:
+    model, kv_cache = models[message.model]
+    model.set_layer(message.index, message.layer)
+    kv_cache.layers[message.index] = message.kv
+
+
 def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]], cores: list[int],
            attention_name: str) -> None:
     if cores and hasattr(os, "sched_setaffinity"):
@@ -69,13 +104,15 @@ def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]],
     attention = get_attention_backend(attention_name)
     conn.send("ready")
     while True:
-        job = conn.recv()
-        if job is None:
+        message = conn.recv()
+        if message is None:
             return
         try:
-            model, kv_cache = models[job.model]
-            logits = forward_logits(model, kv_cache, attention, job.inputs())
-            conn.send(("ok", None if logits is None else logits.numpy()))
+            if isinstance(message, SetLayer):
+                _set_layer(message, models)
+                conn.send(("ok", None))
+            else:
+                conn.send(("ok", _run(message, models, attention)))
         except Exception as exc:  # report, keep the lane alive for the next job
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -107,8 +144,14 @@ class Lane:
         self.inputs = inputs
         self._conn.send(job)
 
+    def set_layer(self, message: SetLayer) -> None:
+        """Apply a layer change on an idle lane and wait until it has."""
+        self._conn.send(message)
+        self.result()
+
     def result(self) -> torch.Tensor | None:
-        """The finished job's logits; LaneError if the job failed or the process died."""
+        """The finished job's logits (or a stage's hidden states); LaneError if the job failed or the
+        process died."""
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:

@@ -93,6 +93,18 @@ def forward_logits(model: LlamaModel, kv_cache: PagedKVCache, attention: Attenti
     return model.compute_logits(hidden[inputs.logits_rows])
 
 
+@torch.inference_mode()
+def forward_stage(model: LlamaModel, kv_cache, attention: AttentionBackend, inputs: StepInputs, start: int,
+                  end: int, hidden: torch.Tensor | None) -> torch.Tensor:
+    """A pipeline stage: layers [start, end) over the batch. Returns hidden states, or the sampled
+    rows' logits when the stage ends at the last layer."""
+    hidden = model(inputs.positions, kv_cache.layers, inputs.meta, attention, input_ids=inputs.input_ids,
+                   hidden=hidden, start=start, end=end)
+    if end < model.spec.num_layers:
+        return hidden
+    return model.compute_logits(hidden[inputs.logits_rows])
+
+
 def _pad(tables: list[list[int]], lens: list[int], block_size: int) -> list[list[int]]:
     """Cut each table to the blocks its context uses and pad to the longest with block 0 (masked)."""
     if not tables:

@@ -50,6 +50,17 @@ class LlamaLayer(nn.Module):
         return hidden + linear(F.silu(gate) * up, self.down_proj)
 
 
+class DroppedLayer(nn.Module):
+    """Stands in for a layer whose weights this replica gave up (another pipeline member holds it)."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        raise RuntimeError(f"layer {self.index} was dropped from this replica")
+
+
 class LlamaModel(nn.Module):
     """Holds layers [start, end) of a model; `kv_caches[i]` belongs to layer start + i."""
 
@@ -88,6 +99,13 @@ class LlamaModel(nn.Module):
         for index in range(start - self.start, end - self.start):
             hidden = self.layers[index](hidden, rope, kv_caches[index], meta, attention)
         return hidden
+
+    def set_layer(self, index: int, layer: LlamaLayer | None) -> None:
+        """Swap in a layer's weights, or drop them (None): what elastic memory does to a replica."""
+        self.layers[index - self.start] = layer if layer is not None else DroppedLayer(index)
+
+    def held_layers(self) -> list[int]:
+        return [self.start + i for i, layer in enumerate(self.layers) if isinstance(layer, LlamaLayer)]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = F.rms_norm(hidden, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)

@@ -1,0 +1,360 @@
+"""Replicas of one model behind a router, with an overload strategy: the controller's loop.
+
+One thread drives every replica's lane: it starts a batch on each idle lane, waits for any lane to
+finish, applies sampled tokens, and between rounds lets the strategy act (swap requests in, migrate
+one, or drop and restore layers). A replica inside a pipeline group starts no batch of its own; the
+group's first member starts each member's micro-batch in turn and every stage hands its hidden states
+to the next member's lane, so with g members up to g micro-batches are in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from coserve.elastic import kv_moves, pipeline
+from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
+from coserve.elastic.replica import Replica
+from coserve.elastic.router import freeness, pick_replica, queued_pages
+from coserve.engine.block_pool import BlockPool
+from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import split_cores
+from coserve.engine.outputs import RequestOutput
+from coserve.engine.scheduler import SchedulerOutput
+from coserve.errors import ConfigError, InvalidRequestError, UnknownModelError
+from coserve.execution.lane import Job, Lane, LaneError
+from coserve.execution.model_runner import StepInputs
+from coserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("recompute", "swap", "migrate", "drop")
+
+
+@dataclass
+class ElasticConfig:
+    strategy: str = "drop"
+    num_replicas: int = 2
+    memory_budget_bytes: int = 1 << 30  # per replica: its weights plus its KV
+    host_bytes_per_s: float = 25e9  # the host link swaps cross (PCIe 4.0 x16)
+    peer_bytes_per_s: float = 25e9  # between replicas: migration, exchange, restore
+    max_group_size: int = 2
+    restore_below: float = 0.5  # restore when the group's pages fall under this share of its members'
+    # own pages; far below the drop point, so a group does not flap
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if not isinstance(self.num_replicas, int) or self.num_replicas < 1:
+            raise ConfigError(f"num_replicas must be a positive integer, got {self.num_replicas!r}")
+        for name in ("memory_budget_bytes", "host_bytes_per_s", "peer_bytes_per_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.max_group_size >= 2:
+            raise ConfigError(f"max_group_size must be >= 2, got {self.max_group_size!r}")
+        if not 0 < self.restore_below < 1:
+            raise ConfigError(f"restore_below must be in (0, 1), got {self.restore_below!r}")
+
+
+@dataclass
+class Flight:
+    """One batch of one replica's scheduler, moving through its stages (one stage when alone)."""
+
+    engine: Replica
+    out: SchedulerOutput
+    inputs: StepInputs
+    job: Job
+    stages: list[tuple[Replica, int, int]]
+    stage: int = 0
+    hidden: np.ndarray | None = None
+
+
+@dataclass
+class Events:
+    """What the strategy did, with times (the benchmark's timeline)."""
+
+    drops: list[tuple[float, list[str], int]] = field(default_factory=list)  # time, members, bytes exchanged
+    restores: list[tuple[float, list[str], int]] = field(default_factory=list)
+    swaps_out: int = 0
+    swaps_in: int = 0
+    migrations: int = 0
+
+
+class ElasticCluster:
+    def __init__(self, engine_config: EngineConfig, config: ElasticConfig, clock=time.monotonic,
+                 lane_cores: list[list[int]] | None = None):
+        self.model = engine_config.name
+        self.config = config
+        self.clock = clock
+        self._pool: BlockPool | None = None
+        cores = lane_cores or split_cores(config.num_replicas)
+        if len(cores) != config.num_replicas:
+            raise ConfigError(f"{len(cores)} core sets for {config.num_replicas} replicas")
+        self.replicas: list[Replica] = []
+        try:
+            for i in range(config.num_replicas):
+                replica_config = dataclasses.replace(engine_config, name=f"{self.model}#{i}")
+                self.replicas.append(Replica(replica_config, i, config.memory_budget_bytes, config.max_group_size,
+                                             self._pool_for, cores[i], clock))
+        except BaseException:
+            self.close()
+            raise
+        self.busy: dict[int, Flight] = {}  # replica index -> the job on its lane
+        self.handoffs: dict[int, deque[Flight]] = {r.index: deque() for r in self.replicas}
+        self.batch_in_flight: set[int] = set()  # replicas whose scheduler has a batch out
+        self.groups: dict[int, pipeline.PipelineGroup] = {}  # member index -> its group
+        self.swapped: dict[int, deque[kv_moves.SwappedRequest]] = {r.index: deque() for r in self.replicas}
+        self.migration: kv_moves.Migration | None = None
+        self.transition: tuple[str, list[Replica]] | None = None  # a drop or restore waiting for quiet lanes
+        self.events = Events()
+        self._owner: dict[str, Replica] = {}
+        if config.strategy == "swap":
+            for replica in self.replicas:
+                replica.scheduler.preempt_hook = self._swap_hook(replica)
+
+    def _pool_for(self, pages_per_replica: int) -> BlockPool:
+        if self._pool is None:
+            self._pool = BlockPool(pages_per_replica * self.config.num_replicas)
+        return self._pool
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, model: str | None = None) -> str:
+        if model is not None and model != self.model:
+            raise UnknownModelError(f"the model {model!r} does not exist; available: [{self.model!r}]")
+        first = self.replicas[0]
+        token_ids = first.prompt_token_ids_of(prompt)
+        request_id = request_id if request_id is not None else f"r{len(self._owner)}"
+        if request_id in self._owner:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        replica = pick_replica(self.replicas, len(token_ids))
+        replica.add_request(prompt, params, request_id, prompt_token_ids=token_ids)
+        self._owner[request_id] = replica
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        replica = self._owner_of(request_id)
+        if replica is not None and replica.index not in self.batch_in_flight:
+            replica.abort_request(request_id)
+
+    def _owner_of(self, request_id: str) -> Replica | None:
+        return next((r for r in self.replicas if request_id in r.states), None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.busy) or any(r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index]
+                                      for r in self.replicas)
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.close()
+
+    def __enter__(self) -> ElasticCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        outputs = self.dispatch()
+        if self.busy:
+            outputs += self.collect()
+        return outputs
+
+    def dispatch(self) -> list[RequestOutput]:
+        self._manage(self.clock())
+        frozen = {r.index for r in self.transition[1]} if self.transition else set()
+        outputs: list[RequestOutput] = []
+        for replica in self.replicas:
+            if replica.index in self.busy:
+                continue
+            if self.handoffs[replica.index]:
+                self._submit(self.handoffs[replica.index].popleft())
+            elif replica.index in frozen:
+                continue
+            elif replica.index not in self.groups:
+                if replica.index not in self.batch_in_flight:
+                    outputs += self._start(replica, [(replica, 0, replica.spec.num_layers)])
+            elif self.groups[replica.index].members[0] is replica:
+                outputs += self._start_group_batch(self.groups[replica.index])
+        return outputs
+
+    def _start_group_batch(self, group: pipeline.PipelineGroup) -> list[RequestOutput]:
+        for _ in range(len(group.members)):
+            member = group.members[group.next_batch % len(group.members)]
+            group.next_batch += 1
+            if member.index not in self.batch_in_flight:
+                outputs = self._start(member, group.stages)
+                if member.index in self.batch_in_flight or outputs:
+                    return outputs
+        return []
+
+    def _start(self, engine: Replica, stages: list[tuple[Replica, int, int]]) -> list[RequestOutput]:
+        out = engine.begin_step()
+        if out is None:
+            return []
+        if not out.scheduled:
+            return engine.finish_step(out, {})
+        inputs = engine.runner.prepare(out, engine.kv.block_tables)
+        self.batch_in_flight.add(engine.index)
+        self._submit(Flight(engine, out, inputs, Job.from_inputs(engine.name, inputs), stages))
+        return []
+
+    def _submit(self, flight: Flight) -> None:
+        replica, start, end = flight.stages[flight.stage]
+        alone = len(flight.stages) == 1
+        job = dataclasses.replace(flight.job, model=replica.name, start=start, end=None if alone else end,
+                                  hidden=flight.hidden, stall_s=replica.stall_s)
+        replica.stall_s = 0.0
+        self.busy[replica.index] = flight
+        try:
+            replica.lane.submit(job)
+        except OSError:  # the lane died while idle: a fresh one takes the job
+            self._restart_lane(replica)
+            replica.lane.submit(job)
+
+    def collect(self) -> list[RequestOutput]:
+        lanes = {self.replicas[i].lane.connection: self.replicas[i] for i in self.busy}
+        outputs: list[RequestOutput] = []
+        for replica in sorted((lanes[c] for c in wait(list(lanes))), key=lambda r: r.index):
+            flight = self.busy.pop(replica.index)
+            try:
+                result = replica.lane.result()
+            except LaneError as exc:
+                outputs += self._fail(flight, replica, exc)
+                continue
+            if flight.stage + 1 < len(flight.stages):
+                flight.stage += 1
+                flight.hidden = result.numpy()
+                self.handoffs[flight.stages[flight.stage][0].index].append(flight)
+            else:
+                self.batch_in_flight.discard(flight.engine.index)
+                sampled = flight.engine.runner.sample(flight.inputs, result)
+                outputs += flight.engine.finish_step(flight.out, sampled)
+        return outputs
+
+    def _fail(self, flight: Flight, replica: Replica, exc: LaneError) -> list[RequestOutput]:
+        """A lane's job failed: the batch's requests fail with the reason; a dead lane is replaced
+        (its weights and KV live in shared memory and survive it), so every other request goes on."""
+        if exc.dead or not replica.lane.alive:
+            self._restart_lane(replica)
+        self.batch_in_flight.discard(flight.engine.index)
+        return flight.engine.fail_step(flight.out, exc)
+
+    def _restart_lane(self, replica: Replica) -> None:
+        logger.error("the lane of %s died; starting a new one", replica.name)
+        replica.lane.close()
+        replica.lane = Lane(replica.index, replica.lane.cores, {replica.name: (replica.model, replica.kv_cache)},
+                            replica.config.attention_backend)
+
+    # -- the strategy ------------------------------------------------------------------------------
+
+    def _manage(self, now: float) -> None:
+        strategy = self.config.strategy
+        if strategy == "swap":
+            self._swap_in()
+        elif strategy == "migrate":
+            self._migrate(now)
+        elif strategy == "drop":
+            self._drop_or_restore(now)
+
+    def _swap_hook(self, replica: Replica):
+        def hook(victim) -> bool:
+            swapped = kv_moves.swap_out(replica, victim, self.config.host_bytes_per_s)
+            if swapped is None:
+                return False
+            self.swapped[replica.index].append(swapped)
+            self.events.swaps_out += 1
+            return True
+        return hook
+
+    def _swap_in(self) -> None:
+        for replica in self.replicas:
+            queue = self.swapped[replica.index]
+            while queue and replica.index not in self.batch_in_flight:
+                if queue[0].request.finished:  # aborted while on the host
+                    queue.popleft()
+                elif kv_moves.swap_in(replica, queue[0], self.config.host_bytes_per_s):
+                    queue.popleft()
+                    self.events.swaps_in += 1
+                else:
+                    break
+
+    def _migrate(self, now: float) -> None:
+        move = self.migration
+        if move is not None:
+            if move.request.finished or move.request not in move.src.scheduler.running:
+                self.migration = None
+            elif now >= move.ready_at and move.src.index not in self.batch_in_flight \
+                    and move.dst.index not in self.batch_in_flight:
+                if move.commit(self.config.peer_bytes_per_s):
+                    self.events.migrations += 1
+                self.migration = None
+            return
+        ranked = sorted(self.replicas, key=freeness)
+        src, dst = ranked[0], ranked[-1]
+        if src is dst or not src.scheduler.waiting or not src.scheduler.running or freeness(dst) <= freeness(src):
+            return
+        request = src.scheduler.running[-1]  # the newest: Llumnix's LCFS victim
+        pages = len(src.kv.block_tables.get(request.request_id, ()))
+        if pages == 0 or dst.kv.pool.headroom(dst.kv.owner) - queued_pages(dst) < pages:
+            return
+        page_bytes = src.page_bytes_per_layer * src.spec.num_layers
+        self.migration = kv_moves.Migration(request, src, dst, now + pages * page_bytes / self.config.peer_bytes_per_s,
+                                            pages)
+
+    def _drop_or_restore(self, now: float) -> None:
+        if self.transition is None:
+            self.transition = self._next_transition()
+        if self.transition is None:
+            return
+        kind, members = self.transition
+        if any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index] for m in members):
+            return  # wait for the members' batches to come back
+        self.transition = None
+        if kind == "drop":
+            group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
+            for member in members:
+                self.groups[member.index] = group
+            self.events.drops.append((now, [m.name for m in members], moved))
+        else:
+            moved = pipeline.restore(self.groups[members[0].index], self.config.peer_bytes_per_s)
+            for member in members:
+                del self.groups[member.index]
+            self.events.restores.append((now, [m.name for m in members], moved))
+
+    def _next_transition(self) -> tuple[str, list[Replica]] | None:
+        for group in {id(g): g for g in self.groups.values()}.values():
+            if self._should_restore(group):
+                return "restore", group.members
+        alone = [r for r in self.replicas if r.index not in self.groups]
+        if len(alone) < 2 or not any(r.scheduler.waiting for r in alone):
+            return None
+        demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages) for r in alone]
+        plan = plan_groups(demands, self._group_capacity, self.config.max_group_size)
+        by_name = {r.name: r for r in alone}
+        return ("drop", [by_name[name] for name in plan[0]]) if plan else None
+
+    def _demand_pages(self, replica: Replica) -> int:
+        return sum(len(t) for t in replica.kv.block_tables.values()) + queued_pages(replica)
+
+    def _group_capacity(self, size: int) -> int:
+        replica = self.replicas[0]
+        kept = max(1, replica.spec.num_layers // size)
+        weights = replica.weight_bytes_held() - (replica.spec.num_layers - kept) * replica.layer_bytes
+        return replica.pages_for(kept, weights)
+
+    def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
+        members = group.members
+        if any(m.scheduler.waiting or self.swapped[m.index] for m in members) or not pipeline.can_restore(group):
+            return False
+        used = sum(group.used_pages(m) for m in members)
+        return used <= self.config.restore_below * sum(m.independent_pages for m in members)

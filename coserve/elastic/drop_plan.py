@@ -1,0 +1,65 @@
+"""Which replicas drop layers and pipeline together: a greedy plan in O(N log N).
+
+A group of g replicas, each keeping 1/g of the layers, holds `group_capacity(g)` pages (the freed
+weights turned into KV, each page now spanning fewer layers on each member). A group is feasible when
+its members' demand fits that. The plan covers the most overloaded replica first, adding partners until
+its group is feasible: the partner with the least spare that makes it feasible (so big spares stay
+for bigger deficits), else the one with the most spare. Groups stay as small as the deficit allows,
+because every member added is one more pipeline hop on every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaDemand:
+    name: str
+    demand_pages: int  # pages its running and queued requests need
+    capacity_pages: int  # pages it holds serving alone
+
+    @property
+    def surplus(self) -> int:
+        return self.capacity_pages - self.demand_pages
+
+
+def plan_groups(replicas: list[ReplicaDemand], group_capacity: Callable[[int], int],
+                max_group_size: int) -> list[list[str]]:
+    overloaded = sorted((r for r in replicas if r.surplus < 0), key=lambda r: r.surplus)
+    spare = sorted((r for r in replicas if r.surplus >= 0), key=lambda r: r.surplus)
+    taken: set[str] = set()
+    groups = []
+    for first in overloaded:
+        if first.name in taken:
+            continue
+        group = [first]
+        while sum(r.demand_pages for r in group) > group_capacity(len(group)) and len(group) < max_group_size:
+            partner = _best_partner(group, spare, overloaded, taken, group_capacity)
+            if partner is None:
+                break
+            group.append(partner)
+            taken.add(partner.name)
+        if len(group) > 1 and sum(r.demand_pages for r in group) <= group_capacity(len(group)):
+            groups.append([r.name for r in group])
+            taken.update(r.name for r in group)
+        else:  # no feasible group: hand the partners back for the next deficit
+            taken.difference_update(r.name for r in group[1:])
+    return groups
+
+
+def _best_partner(group: list[ReplicaDemand], spare: list[ReplicaDemand], overloaded: list[ReplicaDemand],
+                  taken: set[str], group_capacity: Callable[[int], int]) -> ReplicaDemand | None:
+    members = {r.name for r in group}
+    candidates = [r for r in spare if r.name not in taken and r.name not in members]
+    if not candidates:  # a global burst: pair overloaded replicas, the least short first
+        candidates = [r for r in reversed(overloaded) if r.name not in taken and r.name not in members]
+    if not candidates:
+        return None
+    demand = sum(r.demand_pages for r in group)
+    capacity = group_capacity(len(group) + 1)
+    fitting = [r for r in candidates if demand + r.demand_pages <= capacity]
+    if fitting:
+        return min(fitting, key=lambda r: r.surplus)
+    return max(candidates, key=lambda r: r.surplus)

@@ -1,0 +1,98 @@
+"""Parameter drop and restore for a group of replicas (KunServe's cooperative execution).
+
+Drop: every member keeps a contiguous layer range, the members' requests' KV for the layers a member
+no longer holds is exchanged to the member that does (same page ids, see layer_kv.py), the other
+layers' weights and KV arrays are released, and the members' pages move to one group owner whose
+limit is what the freed bytes now hold. From then on every batch of any member runs through all
+members in layer order. Restore reverses it: each member pulls the layers it lacks from the peer
+holding them, regathers its requests' KV for those layers, and takes its pages back.
+
+Both run while the members' lanes are idle: the exchange is a stop-the-world copy (KunServe's
+`reshard` mode), not the paper's live exchange overlapped with execution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coserve.elastic.replica import Replica
+
+
+@dataclass
+class PipelineGroup:
+    owner: str  # the page pool owner all members' requests allocate from
+    members: list[Replica]
+    ranges: list[tuple[int, int]]  # the layers each member keeps, in pipeline order
+    next_batch: int = 0  # round-robin over the members' schedulers (one micro-batch each in flight)
+
+    @property
+    def stages(self) -> list[tuple[Replica, int, int]]:
+        return [(m, start, end) for m, (start, end) in zip(self.members, self.ranges)]
+
+    def holder(self, layer: int) -> Replica:
+        return next(m for m, (start, end) in zip(self.members, self.ranges) if start <= layer < end)
+
+    def used_pages(self, member: Replica) -> int:
+        return sum(len(t) for t in member.kv.block_tables.values())
+
+
+def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:
+    bounds = [round(i * num_layers / num_members) for i in range(num_members + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def request_pages(member: Replica) -> list[int]:
+    return [page for table in member.kv.block_tables.values() for page in table]
+
+
+def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup, int]:
+    """Form a pipeline group; returns it and the KV bytes exchanged."""
+    ranges = layer_split(members[0].spec.num_layers, len(members))
+    group = PipelineGroup("+".join(m.name for m in members), members, ranges)
+    exchanged = 0
+    for member in members:
+        pages = request_pages(member)
+        for other, (start, end) in zip(members, ranges):
+            if other is not member:
+                moved = member.kv_cache.copy_to(other.kv_cache, list(range(start, end)), pages)
+                other.stall_s += moved / link_bytes_per_s
+                exchanged += moved
+    pool = members[0].kv.pool
+    for member, (start, end) in zip(members, ranges):
+        for layer in member.held_layers():
+            if not start <= layer < end:
+                member.drop_layer(layer)
+        for table in member.kv.block_tables.values():
+            pool.transfer(table, member.name, group.owner)
+        member.kv.owner = group.owner
+    pool.set_limit(group.owner, min(m.pages_for(end - start, m.weight_bytes_held())
+                                    for m, (start, end) in zip(members, ranges)))
+    return group, exchanged
+
+
+def can_restore(group: PipelineGroup) -> bool:
+    """Every member's requests fit the pages it holds serving alone."""
+    return all(group.used_pages(m) <= m.independent_pages for m in group.members)
+
+
+def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
+    """Dissolve the group; returns the bytes (weights and KV) pulled from peers."""
+    pulled = 0
+    num_layers = group.members[0].spec.num_layers
+    for member in group.members:
+        pages = request_pages(member)
+        for layer in range(num_layers):
+            if layer in member.held_layers():
+                continue
+            source = group.holder(layer)
+            moved = member.restore_layer(layer, source.layer(layer))
+            moved += source.kv_cache.copy_to(member.kv_cache, [layer], pages)
+            member.stall_s += moved / link_bytes_per_s
+            pulled += moved
+    pool = group.members[0].kv.pool
+    for member in group.members:
+        for table in member.kv.block_tables.values():
+            pool.transfer(table, group.owner, member.name)
+        member.kv.owner = member.name
+    pool.set_limit(group.owner, 0)
+    return pulled
