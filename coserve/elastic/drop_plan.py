@@ -3,8 +3,9 @@
 A group of g replicas, each keeping 1/g of the layers, holds `group_capacity(g)` pages (the freed
 weights turned into KV, each page now spanning fewer layers on each member). A group is feasible when
 its members' demand fits that. The plan covers the most overloaded replica first, adding partners until
-its group is feasible: the partner with the least spare that makes it feasible (so big spares stay
-for bigger deficits), else the one with the most spare. Groups stay as small as the deficit allows,
+its group is feasible: the partner with the least spare that makes it feasible (big spares stay for
+bigger deficits, and an overloaded partner is covered in the same group), else the one with the most
+spare. Groups stay as small as the deficit allows,
 because every member added is one more pipeline hop on every token.
 """
 
@@ -52,14 +53,11 @@ def plan_groups(replicas: list[ReplicaDemand], group_capacity: Callable[[int], i
 def _best_partner(group: list[ReplicaDemand], spare: list[ReplicaDemand], overloaded: list[ReplicaDemand],
                   taken: set[str], group_capacity: Callable[[int], int]) -> ReplicaDemand | None:
     members = {r.name for r in group}
-    candidates = [r for r in spare if r.name not in taken and r.name not in members]
-    if not candidates:  # a global burst: pair overloaded replicas, the least short first
-        candidates = [r for r in reversed(overloaded) if r.name not in taken and r.name not in members]
+    candidates = [r for r in spare + overloaded if r.name not in taken and r.name not in members]
     if not candidates:
         return None
     demand = sum(r.demand_pages for r in group)
-    capacity = group_capacity(len(group) + 1)
-    fitting = [r for r in candidates if demand + r.demand_pages <= capacity]
-    if fitting:
+    fitting = [r for r in candidates if demand + r.demand_pages <= group_capacity(len(group) + 1)]
+    if fitting:  # the least spare that closes the group: another overloaded replica covers two at once
         return min(fitting, key=lambda r: r.surplus)
     return max(candidates, key=lambda r: r.surplus)

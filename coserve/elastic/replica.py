@@ -55,7 +55,7 @@ class Replica(LLMEngine):
         spec, config = self.spec, self.config
         fewest_layers = max(1, spec.num_layers // self._max_group_size)
         most_pages = self.budget // (fewest_layers * layer_page_bytes(spec, config.block_size, self.dtype))
-        blocks = self._pool_for(int(most_pages))
+        blocks = self._pool_for(max(1, int(most_pages)))
         kv_cache = LayerKV(spec, blocks.num_blocks, config.block_size, self.dtype)
         return kv_cache, KVCacheManager(blocks, config.block_size, owner=config.name)
 
