@@ -101,7 +101,7 @@ def record(output, arrived: float, start: float) -> dict:
 def sample(cluster: ElasticCluster, t: float) -> dict:
     replicas = cluster.replicas
     return {"t": round(t, 3), "queued": sum(r.scheduler.num_waiting for r in replicas),
-            "used_pages": sum(len(tb) for r in replicas for tb in r.kv.block_tables.values()),
+            "used_pages": sum(r.kv.num_held_blocks for r in replicas),
             "grouped": bool(cluster.groups)}
 
 

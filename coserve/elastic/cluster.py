@@ -28,7 +28,7 @@ from coserve.engine.device_engine import split_cores
 from coserve.engine.outputs import RequestOutput
 from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError, InvalidRequestError, UnknownModelError
-from coserve.execution.lane import Job, Lane, LaneError
+from coserve.execution.lane import Job, LaneError
 from coserve.execution.model_runner import StepInputs
 from coserve.sampling_params import SamplingParams
 
@@ -113,7 +113,7 @@ class ElasticCluster:
         self.migration: kv_moves.Migration | None = None
         self.transition: tuple[str, list[Replica]] | None = None  # a drop or restore waiting for quiet lanes
         self.events = Events()
-        self._owner: dict[str, Replica] = {}
+        self._request_ids: set[str] = set()
         if config.strategy == "swap":
             for replica in self.replicas:
                 replica.scheduler.preempt_hook = self._swap_hook(replica)
@@ -131,12 +131,12 @@ class ElasticCluster:
             raise UnknownModelError(f"the model {model!r} does not exist; available: [{self.model!r}]")
         first = self.replicas[0]
         token_ids = first.prompt_token_ids_of(prompt)
-        request_id = request_id if request_id is not None else f"r{len(self._owner)}"
-        if request_id in self._owner:
+        request_id = request_id if request_id is not None else f"r{len(self._request_ids)}"
+        if request_id in self._request_ids:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         replica = pick_replica(self.replicas, len(token_ids))
         replica.add_request(prompt, params, request_id, prompt_token_ids=token_ids)
-        self._owner[request_id] = replica
+        self._request_ids.add(request_id)
         return request_id
 
     def abort_request(self, request_id: str) -> None:
@@ -210,9 +210,8 @@ class ElasticCluster:
 
     def _submit(self, flight: Flight) -> None:
         replica, start, end = flight.stages[flight.stage]
-        alone = len(flight.stages) == 1
-        job = dataclasses.replace(flight.job, model=replica.name, start=start, end=None if alone else end,
-                                  hidden=flight.hidden, stall_s=replica.stall_s)
+        job = dataclasses.replace(flight.job, model=replica.name, start=start, end=end, hidden=flight.hidden,
+                                  stall_s=replica.stall_s)
         replica.stall_s = 0.0
         self.busy[replica.index] = flight
         try:
@@ -251,9 +250,7 @@ class ElasticCluster:
 
     def _restart_lane(self, replica: Replica) -> None:
         logger.error("the lane of %s died; starting a new one", replica.name)
-        replica.lane.close()
-        replica.lane = Lane(replica.index, replica.lane.cores, {replica.name: (replica.model, replica.kv_cache)},
-                            replica.config.attention_backend)
+        replica.restart_lane()
 
     # -- the strategy ------------------------------------------------------------------------------
 
@@ -344,7 +341,7 @@ class ElasticCluster:
         return ("drop", [by_name[name] for name in plan[0]]) if plan else None
 
     def _demand_pages(self, replica: Replica) -> int:
-        return sum(len(t) for t in replica.kv.block_tables.values()) + queued_pages(replica)
+        return replica.kv.num_held_blocks + queued_pages(replica)
 
     def _group_capacity(self, size: int) -> int:
         replica = self.replicas[0]

@@ -58,9 +58,7 @@ def move_request(src: Replica, dst: Replica, request: Request) -> None:
     dst.kv.block_tables[rid] = table
     dst.states[rid] = state
     dst.scheduler.running.append(request)
-    generator = src.runner.sampler._generators.pop(rid, None)
-    if generator is not None:
-        dst.runner.sampler._generators[rid] = generator
+    src.runner.sampler.hand_over(rid, dst.runner.sampler)
 
 
 @dataclass

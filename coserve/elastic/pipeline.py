@@ -33,7 +33,7 @@ class PipelineGroup:
         return next(m for m, (start, end) in zip(self.members, self.ranges) if start <= layer < end)
 
     def used_pages(self, member: Replica) -> int:
-        return sum(len(t) for t in member.kv.block_tables.values())
+        return member.kv.num_held_blocks
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:
@@ -81,9 +81,7 @@ def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
     num_layers = group.members[0].spec.num_layers
     for member in group.members:
         pages = request_pages(member)
-        for layer in range(num_layers):
-            if layer in member.held_layers():
-                continue
+        for layer in sorted(set(range(num_layers)) - set(member.held_layers())):
             source = group.holder(layer)
             moved = member.restore_layer(layer, source.layer(layer))
             moved += source.kv_cache.copy_to(member.kv_cache, [layer], pages)

@@ -48,8 +48,16 @@ class Replica(LLMEngine):
                               f"room for KV in a budget of {self.budget / 1e6:.0f} MB")
         self.kv.pool.set_limit(config.name, self.independent_pages)
         self.model.share_memory()  # the lane reads these weights; it does not copy them
-        self.lane = Lane(index, cores, {config.name: (self.model, self.kv_cache)}, config.attention_backend)
+        self.lane = self._start_lane(cores)
         self.stall_s = 0.0  # modelled transfer time the next job must absorb
+
+    def _start_lane(self, cores: list[int]) -> Lane:
+        return Lane(self.index, cores, {self.name: (self.model, self.kv_cache)}, self.config.attention_backend)
+
+    def restart_lane(self) -> None:
+        """A fresh lane on the same cores: weights and KV are shared memory and outlive the old one."""
+        self.lane.close()
+        self.lane = self._start_lane(self.lane.cores)
 
     def _make_kv_cache(self, pool) -> tuple[LayerKV, KVCacheManager]:
         spec, config = self.spec, self.config

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from coserve.execution.attention import AttentionMetadata, PrefillChunk, get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache
-from coserve.execution.model_runner import StepInputs, forward_logits, forward_stage
+from coserve.execution.model_runner import StepInputs, forward_stage
 from coserve.execution.models.llama import LlamaModel
 
 
@@ -83,11 +83,12 @@ def _run(job: Job, models: dict, attention) -> np.ndarray | None:
     if job.stall_s > 0:
         time.sleep(job.stall_s)
     model, kv_cache = models[job.model]
-    if job.end is None:
-        logits = forward_logits(model, kv_cache, attention, job.inputs())
-        return None if logits is None else logits.numpy()
-    return forward_stage(model, kv_cache, attention, job.inputs(), job.start, job.end,
-                         None if job.hidden is None else torch.from_numpy(job.hidden)).numpy()
+    inputs = job.inputs()
+    end = model.spec.num_layers if job.end is None else job.end
+    hidden = None if job.hidden is None else torch.from_numpy(job.hidden)
+    out = forward_stage(model, kv_cache, attention, inputs, job.start, end, hidden)
+    ends_model = end == model.spec.num_layers
+    return None if ends_model and not inputs.logits_rows.numel() else out.numpy()
 
 
 def _set_layer(message: SetLayer, models: dict) -> None:

@@ -87,10 +87,8 @@ class ModelRunner:
 def forward_logits(model: LlamaModel, kv_cache: PagedKVCache, attention: AttentionBackend,
                    inputs: StepInputs) -> torch.Tensor | None:
     """The device half of a step (what a lane runs): the model over the batch, logits of sampled rows."""
-    hidden = model(inputs.positions, kv_cache.layers, inputs.meta, attention, input_ids=inputs.input_ids)
-    if not inputs.logits_rows.numel():
-        return None
-    return model.compute_logits(hidden[inputs.logits_rows])
+    logits = forward_stage(model, kv_cache, attention, inputs, 0, model.spec.num_layers, None)
+    return logits if inputs.logits_rows.numel() else None
 
 
 @torch.inference_mode()

@@ -21,6 +21,12 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
 
+    def hand_over(self, request_id: str, other: Sampler) -> None:
+        """Move a request's seeded generator to another sampler (the request moved replicas)."""
+        generator = self._generators.pop(request_id, None)
+        if generator is not None:
+            other._generators[request_id] = generator
+
     def __call__(self, logits: torch.Tensor, request_ids: list[str],
                  params: list[SamplingParams]) -> list[int]:
         tokens = logits.argmax(dim=-1)
