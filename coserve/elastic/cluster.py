@@ -14,22 +14,19 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-
-import numpy as np
+from typing import Any
 
 from coserve.elastic import kv_moves, pipeline
+from coserve.elastic.backend import ProcessBackend
 from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
 from coserve.elastic.replica import Replica
 from coserve.elastic.router import freeness, pick_replica, queued_pages
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
-from coserve.engine.device_engine import split_cores
 from coserve.engine.outputs import RequestOutput
 from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError, InvalidRequestError, UnknownModelError
-from coserve.execution.lane import Job, LaneError
-from coserve.execution.model_runner import StepInputs
+from coserve.execution.lane import LaneError
 from coserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -68,11 +65,10 @@ class Flight:
 
     engine: Replica
     out: SchedulerOutput
-    inputs: StepInputs
-    job: Job
+    batch: Any  # what the engine prepared from `out` (see Replica.prepare)
     stages: list[tuple[Replica, int, int]]
     stage: int = 0
-    hidden: np.ndarray | None = None
+    hidden: Any = None  # the previous stage's output
 
 
 @dataclass
@@ -87,21 +83,21 @@ class Events:
 
 
 class ElasticCluster:
+    """`backend` makes the replicas and waits on their lanes: `ProcessBackend(lane_cores)` unless
+    given (the simulator passes its own)."""
+
     def __init__(self, engine_config: EngineConfig, config: ElasticConfig, clock=time.monotonic,
-                 lane_cores: list[list[int]] | None = None):
+                 lane_cores: list[list[int]] | None = None, backend=None):
         self.model = engine_config.name
         self.config = config
         self.clock = clock
+        self.backend = backend or ProcessBackend(lane_cores)
         self._pool: BlockPool | None = None
-        cores = lane_cores or split_cores(config.num_replicas)
-        if len(cores) != config.num_replicas:
-            raise ConfigError(f"{len(cores)} core sets for {config.num_replicas} replicas")
         self.replicas: list[Replica] = []
         try:
             for i in range(config.num_replicas):
                 replica_config = dataclasses.replace(engine_config, name=f"{self.model}#{i}")
-                self.replicas.append(Replica(replica_config, i, config.memory_budget_bytes, config.max_group_size,
-                                             self._pool_for, cores[i], clock))
+                self.replicas.append(self.backend.make_replica(replica_config, i, config, self._pool_for, clock))
         except BaseException:
             self.close()
             raise
@@ -114,6 +110,7 @@ class ElasticCluster:
         self.transition: tuple[str, list[Replica]] | None = None  # a drop or restore waiting for quiet lanes
         self.events = Events()
         self._request_ids: set[str] = set()
+        self._deferred_aborts: set[str] = set()
         if config.strategy == "swap":
             for replica in self.replicas:
                 replica.scheduler.preempt_hook = self._swap_hook(replica)
@@ -140,9 +137,18 @@ class ElasticCluster:
         return request_id
 
     def abort_request(self, request_id: str) -> None:
-        replica = self._owner_of(request_id)
-        if replica is not None and replica.index not in self.batch_in_flight:
-            replica.abort_request(request_id)
+        """Abort now, or once the owner's batch is back: a lane may still be writing the request's KV,
+        and its pages must not be handed to another request before that stops."""
+        self._deferred_aborts.add(request_id)
+        self._apply_aborts()
+
+    def _apply_aborts(self) -> None:
+        for request_id in list(self._deferred_aborts):
+            replica = self._owner_of(request_id)
+            if replica is None or replica.index not in self.batch_in_flight:
+                self._deferred_aborts.discard(request_id)
+                if replica is not None:
+                    replica.abort_request(request_id)
 
     def _owner_of(self, request_id: str) -> Replica | None:
         return next((r for r in self.replicas if request_id in r.states), None)
@@ -203,54 +209,46 @@ class ElasticCluster:
             return []
         if not out.scheduled:
             return engine.finish_step(out, {})
-        inputs = engine.runner.prepare(out, engine.kv.block_tables)
         self.batch_in_flight.add(engine.index)
-        self._submit(Flight(engine, out, inputs, Job.from_inputs(engine.name, inputs), stages))
+        self._submit(Flight(engine, out, engine.prepare(out), stages))
         return []
 
     def _submit(self, flight: Flight) -> None:
         replica, start, end = flight.stages[flight.stage]
-        job = dataclasses.replace(flight.job, model=replica.name, start=start, end=end, hidden=flight.hidden,
-                                  stall_s=replica.stall_s)
-        replica.stall_s = 0.0
         self.busy[replica.index] = flight
-        try:
-            replica.lane.submit(job)
-        except OSError:  # the lane died while idle: a fresh one takes the job
-            self._restart_lane(replica)
-            replica.lane.submit(job)
+        replica.run_stage(flight.batch, start, end, flight.hidden)
 
     def collect(self) -> list[RequestOutput]:
-        lanes = {self.replicas[i].lane.connection: self.replicas[i] for i in self.busy}
+        """Apply every job that has ended (the process backend waits for at least one)."""
         outputs: list[RequestOutput] = []
-        for replica in sorted((lanes[c] for c in wait(list(lanes))), key=lambda r: r.index):
+        busy = [self.replicas[i] for i in self.busy]
+        for replica in sorted(self.backend.wait(busy), key=lambda r: r.index):
             flight = self.busy.pop(replica.index)
             try:
-                result = replica.lane.result()
+                result = replica.stage_result()
             except LaneError as exc:
                 outputs += self._fail(flight, replica, exc)
                 continue
             if flight.stage + 1 < len(flight.stages):
                 flight.stage += 1
-                flight.hidden = result.numpy()
+                flight.hidden = result
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                sampled = flight.engine.runner.sample(flight.inputs, result)
-                outputs += flight.engine.finish_step(flight.out, sampled)
+                outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
+        if self._deferred_aborts:
+            self._apply_aborts()
         return outputs
 
     def _fail(self, flight: Flight, replica: Replica, exc: LaneError) -> list[RequestOutput]:
-        """A lane's job failed: the batch's requests fail with the reason; a dead lane is replaced
-        (its weights and KV live in shared memory and survive it), so every other request goes on."""
-        if exc.dead or not replica.lane.alive:
-            self._restart_lane(replica)
+        """A lane's job failed: the batch's requests fail with the reason and the replica recovers
+        (a dead lane is replaced), so every other request goes on."""
+        logger.error("a job of %s failed on %s: %s", flight.engine.name, replica.name, exc)
+        replica.recover(exc)
         self.batch_in_flight.discard(flight.engine.index)
-        return flight.engine.fail_step(flight.out, exc)
-
-    def _restart_lane(self, replica: Replica) -> None:
-        logger.error("the lane of %s died; starting a new one", replica.name)
-        replica.restart_lane()
+        outputs = flight.engine.fail_step(flight.out, exc)
+        self._apply_aborts()
+        return outputs
 
     # -- the strategy ------------------------------------------------------------------------------
 

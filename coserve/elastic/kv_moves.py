@@ -10,8 +10,7 @@ of a GPU engine would wait for its DMA.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from coserve.elastic.replica import Replica
 from coserve.engine.kv_cache_manager import cdiv
@@ -21,7 +20,7 @@ from coserve.engine.request import Request, RequestStatus
 @dataclass
 class SwappedRequest:
     request: Request
-    data: torch.Tensor  # [layers, pages, 2, block, heads, dim] on the host
+    data: Any  # [layers, pages, 2, block, heads, dim] on the host (a tensor, or a byte count when simulated)
 
 
 def swap_out(replica: Replica, victim: Request, host_bytes_per_s: float) -> SwappedRequest | None:
@@ -30,7 +29,7 @@ def swap_out(replica: Replica, victim: Request, host_bytes_per_s: float) -> Swap
         return None
     data = replica.kv_cache.read(replica.held_layers(), table)
     replica.kv.free(victim)
-    replica.stall_s += data.numel() * data.element_size() / host_bytes_per_s
+    replica.stall_s += data.nbytes / host_bytes_per_s
     return SwappedRequest(victim, data)
 
 
@@ -43,7 +42,7 @@ def swap_in(replica: Replica, swapped: SwappedRequest, host_bytes_per_s: float) 
     replica.kv_cache.write(replica.held_layers(), replica.kv.block_tables[request.request_id], swapped.data)
     request.status = RequestStatus.RUNNING
     replica.scheduler.running.append(request)
-    replica.stall_s += swapped.data.numel() * swapped.data.element_size() / host_bytes_per_s
+    replica.stall_s += swapped.data.nbytes / host_bytes_per_s
     return True
 
 
@@ -58,7 +57,7 @@ def move_request(src: Replica, dst: Replica, request: Request) -> None:
     dst.kv.block_tables[rid] = table
     dst.states[rid] = state
     dst.scheduler.running.append(request)
-    src.runner.sampler.hand_over(rid, dst.runner.sampler)
+    src.hand_over(rid, dst)
 
 
 @dataclass

@@ -4,14 +4,20 @@ and one lane (a worker process pinned to its cores) that runs its jobs.
 A replica can give up layers (drop) and take them back (restore). Its budget always covers the
 weights it holds plus, for every page it stores, one page per KV layer it holds; so dropping layers
 raises how many pages fit, and the pool limit that enforces it moves at once.
+
+`ElasticCluster` sees a replica through the methods of `ReplicaMemory` plus `prepare`, `run_stage`,
+`stage_result`, `sample`, `hand_over` and `recover`; the simulator's `SimReplica` answers the same
+ones on a virtual clock, so every strategy runs unchanged in both.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -20,16 +26,57 @@ from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
 from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError
-from coserve.execution.lane import Lane, SetLayer
+from coserve.execution.lane import Job, Lane, LaneError, SetLayer
+from coserve.execution.model_runner import StepInputs
 from coserve.execution.models.llama import LlamaLayer
+from coserve.execution.models.spec import ModelSpec
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-class Replica(LLMEngine):
+def id_space_pages(spec: ModelSpec, block_size: int, dtype: torch.dtype, budget: int, max_group_size: int) -> int:
+    """Pages a replica could ever hold: its whole budget as KV over the fewest layers a group leaves it."""
+    fewest_layers = max(1, spec.num_layers // max_group_size)
+    return max(1, int(budget // (fewest_layers * layer_page_bytes(spec, block_size, dtype))))
+
+
+class ReplicaMemory:
+    """The budget arithmetic every replica shares, real or simulated. Needs `spec`, `kv` and `config`
+    (an EngineConfig whose name is the replica's) from the engine it is mixed into."""
+
+    index: int
+    budget: int
+    layer_bytes: int  # one decoder layer's weights
+    page_bytes_per_layer: int
+
+    def _init_memory(self, weight_bytes: int) -> None:
+        self.independent_pages = self.pages_for(self.spec.num_layers, weight_bytes)
+        if self.independent_pages < 1:
+            raise ConfigError(f"replica {self.name!r}: its weights ({weight_bytes / 1e6:.0f} MB) leave no "
+                              f"room for KV in a budget of {self.budget / 1e6:.0f} MB")
+        self.kv.pool.set_limit(self.name, self.independent_pages)
+        self.stall_s = 0.0  # modelled transfer time the next job must absorb
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def pages_for(self, num_layers: int, weight_bytes: int) -> int:
+        """Pages that fit beside `weight_bytes` of weights when each page spans `num_layers` layers."""
+        return max(0, (self.budget - weight_bytes) // (num_layers * self.page_bytes_per_layer))
+
+
+@dataclass
+class PreparedBatch:
+    inputs: StepInputs  # kept here to sample from
+    job: Job  # what each stage's lane receives
+
+
+class Replica(ReplicaMemory, LLMEngine):
     """`pool_for(num_pages)`: the cluster's page pool, created by the first replica that asks with
     the id space every replica's arrays span."""
 
@@ -42,14 +89,9 @@ class Replica(LLMEngine):
         super().__init__(config, clock)
         self.layer_bytes = _param_bytes(self.model.layers[0])
         self.page_bytes_per_layer = layer_page_bytes(self.spec, self.kv.block_size, self.dtype)
-        self.independent_pages = self.pages_for(self.spec.num_layers, self.weight_bytes)
-        if self.independent_pages < 1:
-            raise ConfigError(f"replica {config.name!r}: its weights ({self.weight_bytes / 1e6:.0f} MB) leave no "
-                              f"room for KV in a budget of {self.budget / 1e6:.0f} MB")
-        self.kv.pool.set_limit(config.name, self.independent_pages)
+        self._init_memory(self.weight_bytes)
         self.model.share_memory()  # the lane reads these weights; it does not copy them
         self.lane = self._start_lane(cores)
-        self.stall_s = 0.0  # modelled transfer time the next job must absorb
 
     def _start_lane(self, cores: list[int]) -> Lane:
         return Lane(self.index, cores, {self.name: (self.model, self.kv_cache)}, self.config.attention_backend)
@@ -61,24 +103,45 @@ class Replica(LLMEngine):
 
     def _make_kv_cache(self, pool) -> tuple[LayerKV, KVCacheManager]:
         spec, config = self.spec, self.config
-        fewest_layers = max(1, spec.num_layers // self._max_group_size)
-        most_pages = self.budget // (fewest_layers * layer_page_bytes(spec, config.block_size, self.dtype))
-        blocks = self._pool_for(max(1, int(most_pages)))
+        blocks = self._pool_for(id_space_pages(spec, config.block_size, self.dtype, self.budget, self._max_group_size))
         kv_cache = LayerKV(spec, blocks.num_blocks, config.block_size, self.dtype)
         return kv_cache, KVCacheManager(blocks, config.block_size, owner=config.name)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    # -- memory --------------------------------------------------------------------------------
 
     def weight_bytes_held(self) -> int:
         return _param_bytes(self.model)
 
-    def pages_for(self, num_layers: int, weight_bytes: int) -> int:
-        """Pages that fit beside `weight_bytes` of weights when each page spans `num_layers` layers."""
-        return max(0, (self.budget - weight_bytes) // (num_layers * self.page_bytes_per_layer))
+    # -- execution -----------------------------------------------------------------------------
+
+    def prepare(self, out: SchedulerOutput) -> PreparedBatch:
+        inputs = self.runner.prepare(out, self.kv.block_tables)
+        return PreparedBatch(inputs, Job.from_inputs(self.name, inputs))
+
+    def run_stage(self, batch: PreparedBatch, start: int, end: int, hidden: torch.Tensor | None) -> None:
+        """Start layers [start, end) of `batch` on this replica's lane (from `hidden` unless first)."""
+        job = dataclasses.replace(batch.job, model=self.name, start=start, end=end,
+                                  hidden=None if hidden is None else hidden.numpy(), stall_s=self.stall_s)
+        self.stall_s = 0.0
+        try:
+            self.lane.submit(job)
+        except OSError:  # the lane died while idle: a fresh one takes the job
+            self.restart_lane()
+            self.lane.submit(job)
+
+    def stage_result(self) -> torch.Tensor:
+        """The stage's output (hidden states, or logits after the last layer); LaneError if it failed."""
+        return self.lane.result()
+
+    def sample(self, batch: PreparedBatch, logits: torch.Tensor) -> dict[str, int]:
+        return self.runner.sample(batch.inputs, logits)
+
+    def hand_over(self, request_id: str, other: Replica) -> None:
+        """Per-request state kept outside the core (the seeded generator) follows a moved request."""
+        self.runner.sampler.hand_over(request_id, other.runner.sampler)
+
+    def recover(self, exc: LaneError) -> None:
+        """After a failed job: a dead lane is replaced (weights and KV are shared memory and survive it)."""
+        if exc.dead or not self.lane.alive:
+            self.restart_lane()
 
     def held_layers(self) -> list[int]:
         return self.model.held_layers()

@@ -9,7 +9,7 @@ from coserve.engine.llm_engine import LLMEngine
 
 def queued_pages(engine: LLMEngine) -> int:
     """Pages the waiting requests need to be admitted (their tokens so far plus the next one)."""
-    return sum(cdiv(r.num_tokens + 1, engine.kv.block_size) for r in engine.scheduler.waiting)
+    return engine.scheduler.num_waiting_pages
 
 
 def freeness(engine: LLMEngine) -> float:

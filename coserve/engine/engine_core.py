@@ -98,12 +98,12 @@ class EngineCore:
             token_ids = self.tokenize(prompt)
         elif isinstance(prompt, (list, tuple)):
             token_ids = list(prompt)
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+            if not all(type(t) is int for t in token_ids):  # bool is an int subclass: excluded too
                 raise InvalidRequestError("prompt token ids must be integers", "prompt")
-            bad = [t for t in token_ids if not 0 <= t < self.spec.vocab_size]
-            if bad:
+            if token_ids and not (min(token_ids) >= 0 and max(token_ids) < self.spec.vocab_size):
+                bad = next(t for t in token_ids if not 0 <= t < self.spec.vocab_size)
                 raise InvalidRequestError(
-                    f"token id {bad[0]} is outside the vocabulary [0, {self.spec.vocab_size})", "prompt")
+                    f"token id {bad} is outside the vocabulary [0, {self.spec.vocab_size})", "prompt")
         else:
             raise InvalidRequestError(f"prompt must be a string or a list of token ids, got "
                                       f"{type(prompt).__name__}", "prompt")

@@ -59,6 +59,9 @@ class Scheduler:
         self.kv = kv
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        # pages the waiting requests need to be admitted (their tokens so far and the next one),
+        # kept as the queue changes: routers read it per request, and the queue can be thousands long
+        self.num_waiting_pages = 0
         self.num_preemptions = 0
         # called with a victim before its pages are freed; True means its KV was saved elsewhere
         # (swapped out) and the hook took the request over, so it is not requeued for recompute
@@ -69,6 +72,7 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
         self.waiting.append(request)
+        self.num_waiting_pages += self._pages_to_admit(request)
 
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """End a request from outside (abort, stop string, error) and release its pages."""
@@ -79,11 +83,20 @@ class Scheduler:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
+            self.num_waiting_pages -= self._pages_to_admit(request)
         request.status = status
         self.kv.free(request)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def _pages_to_admit(self, request: Request) -> int:
+        return cdiv(request.num_tokens + 1, self.kv.block_size)
+
+    def _pop_waiting(self) -> Request:
+        request = self.waiting.popleft()
+        self.num_waiting_pages -= self._pages_to_admit(request)
+        return request
 
     @property
     def num_waiting(self) -> int:
@@ -140,11 +153,11 @@ class Scheduler:
             num_new = self._chunk(request, budget)
             if not self.kv.allocate_slots(request, num_new):
                 if not self._can_ever_fit(request, num_new):
-                    self.waiting.popleft()
+                    self._pop_waiting()
                     self._finish_oversized(request, out)
                     continue
                 break
-            self.waiting.popleft()
+            self._pop_waiting()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_new))
@@ -161,6 +174,7 @@ class Scheduler:
         self.kv.free(victim)
         victim.num_computed_tokens = 0
         self.waiting.appendleft(victim)
+        self.num_waiting_pages += self._pages_to_admit(victim)
 
     def _can_ever_fit(self, request: Request, num_new: int) -> bool:
         capacity = self.kv.pool.capacity(self.kv.owner)

@@ -59,3 +59,29 @@ def _save(plt, fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_timelines(timelines: dict[str, list[dict]], panels: Sequence[tuple[str, str]], path: str | Path,
+                   title: str = "") -> Path:
+    """One panel per (key, label) of `panels`, one line per run: `timelines[run]` is a list of
+    samples, each a dict with "t" (seconds) and the panels' keys (None: no value at that time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), sharex=True, squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], panels):
+        for run, samples in timelines.items():
+            points = [(s["t"], s[key]) for s in samples if s.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), label=run, linewidth=1.2)
+        ax.set(ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small", ncol=len(timelines))
+    axes[-1, 0].set(xlabel="time (s)")
+    if title:
+        axes[0, 0].set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(plt, fig, path)

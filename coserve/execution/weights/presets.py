@@ -58,4 +58,5 @@ PRESETS: dict[str, dict[str, Any]] = {
                           rms_norm_eps=1e-5, sliding_window=4096, bos_token_id=1, eos_token_id=2),
     "qwen2-0.5b": _qwen2(24, 896, 14, 4864, 151936, 32768, kv_heads=2, tie_word_embeddings=True),
     "qwen2-7b": _qwen2(28, 3584, 28, 18944, 152064, 32768, kv_heads=4),
+    "qwen2.5-14b": _qwen2(48, 5120, 40, 13824, 152064, 32768, kv_heads=8),
 }

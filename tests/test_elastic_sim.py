@@ -1,0 +1,123 @@
+"""The elastic strategies on the virtual clock: the real ElasticCluster over simulated replicas
+(no weights, stage durations from the roofline). A burst that overflows the replicas' KV is served to
+the last token under every strategy, every page and layer comes back, a group's pages are what its
+freed bytes hold, and dropping layers turns a memory-bound queue into admissions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coserve.costmodel.hardware import get_hardware
+from coserve.elastic import ElasticCluster, ElasticConfig
+from coserve.elastic.cluster import STRATEGIES
+from coserve.elastic.router import queued_pages
+from coserve.engine.config import EngineConfig
+from coserve.placement.shapes import model_spec
+from coserve.sampling_params import SamplingParams
+from coserve.simulator.elastic_replay import SimBackend, replay_elastic
+from coserve.workload import WorkloadRequest
+
+MODEL = "llama-7b"  # 32 layers, MHA: 512 KiB of KV per token in float16
+SPEC = model_spec(MODEL, MODEL)
+WEIGHTS = SPEC.param_bytes()  # float16
+PAGE = 2 * 16 * SPEC.kv_size * 2  # one 16-token page of one layer
+BUDGET = WEIGHTS + 600 * SPEC.num_layers * PAGE  # 600 pages (9600 tokens) beside the weights
+
+
+def _cluster(strategy: str, replicas: int = 4) -> tuple[ElasticCluster, SimBackend]:
+    backend = SimBackend(SPEC, get_hardware("A100-80GB"))
+    config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=BUDGET, host_bytes_per_s=25e9,
+                           peer_bytes_per_s=300e9)
+    engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=128, max_num_batched_tokens=2048)
+    return ElasticCluster(engine, config, clock=backend.clock, backend=backend), backend
+
+
+def _burst(count: int = 240, seconds: float = 4.0) -> list[WorkloadRequest]:
+    """Long-lived requests arriving faster than pages free up: the queue is for memory, not compute."""
+    rng = np.random.default_rng(1)
+    times = np.sort(rng.uniform(0, seconds, count))
+    return [WorkloadRequest(i, MODEL, float(t), int(rng.integers(200, 600)), int(rng.integers(200, 400)))
+            for i, t in enumerate(times)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_serves_the_burst_and_gives_every_page_and_layer_back(strategy):
+    cluster, backend = _cluster(strategy)
+    requests = _burst()
+    records = replay_elastic(cluster, backend, requests, on_step=lambda now: _check_queue_demand(cluster))
+    by_id = {r.request_id: r for r in records}
+    assert all(by_id[r.request_id].success for r in requests)
+    assert all(by_id[r.request_id].output_tokens == r.output_len for r in requests)
+    pool = cluster.replicas[0].kv.pool
+    assert pool.num_free_blocks == pool.num_blocks
+    assert not cluster.groups
+    for replica in cluster.replicas:
+        assert replica.held_layers() == list(range(SPEC.num_layers))
+        assert replica.weight_bytes_held() == WEIGHTS
+        assert replica.kv.owner == replica.name
+        assert pool.capacity(replica.name) == replica.independent_pages == 600
+    events = cluster.events
+    if strategy == "drop":
+        assert events.drops and len(events.restores) == len(events.drops)
+    if strategy == "swap":
+        assert events.swaps_out > 0 and events.swaps_in == events.swaps_out
+    if strategy == "migrate":
+        assert events.migrations > 0
+
+
+def _check_queue_demand(cluster: ElasticCluster) -> None:
+    """The router's running count of queued pages equals the sum over the queue."""
+    for replica in cluster.replicas:
+        size = replica.kv.block_size
+        assert queued_pages(replica) == sum(-(-(r.num_tokens + 1) // size) for r in replica.scheduler.waiting)
+
+
+def test_a_group_holds_what_its_freed_bytes_hold():
+    cluster, backend = _cluster("drop", replicas=2)
+    replay_elastic(cluster, backend, _burst(60, 1.0), on_step=lambda now: _check_groups(cluster))
+    assert cluster.events.drops
+
+
+def _check_groups(cluster: ElasticCluster) -> None:
+    for group in {id(g): g for g in cluster.groups.values()}.values():
+        assert [len(m.held_layers()) for m in group.members] == [16, 16]
+        # each member keeps half the decoder layers (the embedding and head stay on every member),
+        # and a page now spans 16 layers
+        kept = WEIGHTS - 16 * SPEC.layer_params() * 2
+        expected = (BUDGET - kept) // (16 * PAGE)
+        assert cluster.replicas[0].kv.pool.capacity(group.owner) == expected
+        assert expected > 600 * 4 // 3  # well above what each member held alone
+
+
+def test_dropping_layers_cuts_the_tail_ttft_of_a_memory_bound_burst():
+    p99 = {}
+    for strategy in ("recompute", "drop"):
+        cluster, backend = _cluster(strategy)
+        records = replay_elastic(cluster, backend, _burst(120))  # one extra group's pages cover the peak
+        p99[strategy] = np.percentile([r.ttft for r in records], 99)
+    assert p99["drop"] < p99["recompute"] / 2
+
+
+def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():
+    cluster, backend = _cluster("recompute", replicas=1)
+    params = SamplingParams(max_tokens=8, ignore_eos=True, temperature=0)
+    cluster.add_request([1] * 100, params, "kept")
+    cluster.add_request([1] * 100, params, "aborted")
+    cluster.dispatch()
+    replica = cluster.replicas[0]
+    assert replica.index in cluster.batch_in_flight
+    cluster.abort_request("aborted")
+    assert "aborted" in replica.states  # the lane may still be writing its KV
+    backend.clock.advance_to(backend.next_event_time())
+    outputs = cluster.collect()
+    assert "aborted" not in replica.states and "aborted" not in replica.kv.block_tables
+    assert replica.kv.pool.num_used_blocks == len(replica.kv.block_tables["kept"])
+    finished = []
+    while cluster.has_unfinished_requests():
+        outputs += cluster.dispatch()
+        backend.clock.advance_to(backend.next_event_time())
+        outputs += cluster.collect()
+    finished = [o.request_id for o in outputs if o.finished]
+    assert finished == ["kept"]
+    assert replica.kv.pool.num_free_blocks == replica.kv.pool.num_blocks
