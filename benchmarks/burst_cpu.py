@@ -21,6 +21,7 @@ import numpy as np
 
 from coserve.elastic import ElasticCluster, ElasticConfig
 from coserve.engine.config import EngineConfig
+from coserve.metrics.plots import plot_timelines
 from coserve.sampling_params import SamplingParams
 from coserve.workload.traces import load_trace
 
@@ -111,7 +112,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="the window's arrivals compressed into this")
     parser.add_argument("--kv-pages", type=int, default=24, help="KV pages per replica serving alone")
     parser.add_argument("--out", default="results/burst_cpu.json")
+    parser.add_argument("--plot", default="docs/img/burst_cpu.png", help="the timeline PNG")
+    parser.add_argument("--plot-from", default=None, help="only draw the timeline of a saved run's JSON")
     args = parser.parse_args()
+    if args.plot_from:
+        plot(json.loads(Path(args.plot_from).read_text())["results"], args.plot)
+        return
     burst = workload(args.requests, args.seconds)
     calm = workload(args.requests // 4, args.seconds * 4)  # the same trace window, spread out: no overflow
     results = {s: run(s, burst, args.kv_pages) for s in STRATEGIES}
@@ -133,7 +139,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results, "no_burst": no_burst,
                                "headline": headline}, indent=1))
+    plot(results, args.plot)
     print(json.dumps(headline))
+
+
+def plot(results: dict, path: str) -> None:
+    plot_timelines({s: r["timeline"] for s, r in results.items()},
+                   [("used_pages", "KV pages in use"), ("queued", "requests queued")], path,
+                   "burst on 2 SmolLM2 replicas (real engine, 2-core CPU)")
 
 
 if __name__ == "__main__":
