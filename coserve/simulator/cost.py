@@ -59,10 +59,11 @@ class RooflineCost:
     def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
         return self.seconds(model, batch_shape(part), self.lane_shares[lane])
 
-    def seconds(self, model: str, shape: BatchShape, share: float) -> float:
+    def seconds(self, model: str, shape: BatchShape, share: float, layers: tuple[int, int] | None = None) -> float:
+        """The batch through `layers` (all of them by default) on `share` of the device."""
         spec, dtype, tp = self.models[model]
         context = shape.attention_pairs / shape.tokens
-        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, tp, 1, None)
+        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, tp, 1, layers)
         return cost.seconds(self.hw, dtype, min(1.0, share))
 
 

@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable
 
 from coserve.costmodel.hardware import HardwareSpec
-from coserve.costmodel.roofline import stage_costs
 from coserve.elastic.cluster import ElasticCluster, ElasticConfig
 from coserve.engine.config import EngineConfig
 from coserve.errors import CoserveError
@@ -20,10 +19,12 @@ from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
 from coserve.metrics import RequestRecord
 from coserve.sampling_params import SamplingParams
 from coserve.simulator.clock import VirtualClock
-from coserve.simulator.cost import BatchShape
+from coserve.simulator.cost import BatchShape, RooflineCost
 from coserve.simulator.records import complete, new_record
 from coserve.simulator.sim_replica import SimReplica
 from coserve.workload import WorkloadRequest
+
+MODEL_KEY = "replica"  # every replica runs the same model: one entry in the roofline's table
 
 
 class SimBackend:
@@ -36,6 +37,7 @@ class SimBackend:
         self.clock = clock or VirtualClock()
         self.peer_bytes_per_s = hw.link_bandwidth
         self.dtype = "float16"
+        self._roofline: RooflineCost | None = None
         self._ends: dict[int, float] = {}  # replica index -> when its running stage ends
         self._results: dict[int, object] = {}
 
@@ -43,14 +45,12 @@ class SimBackend:
                      clock) -> SimReplica:
         self.peer_bytes_per_s = config.peer_bytes_per_s
         self.dtype = engine_config.dtype
+        self._roofline = RooflineCost({MODEL_KEY: (self.spec, self.dtype, self.tp)}, self.hw, [1.0])
         return SimReplica(engine_config, self.spec, index, config.memory_budget_bytes, config.max_group_size,
                           pool_for, clock, self)
 
     def stage_seconds(self, shape: BatchShape, start: int, end: int, received_hidden: bool) -> float:
-        context = shape.attention_pairs / shape.tokens
-        (cost,) = stage_costs(self.spec, self.dtype, self.hw, shape.tokens, context, shape.kv_read, self.tp, 1,
-                              (start, end))
-        seconds = cost.seconds(self.hw, self.dtype)
+        seconds = self._roofline.seconds(MODEL_KEY, shape, 1.0, (start, end))
         if received_hidden:
             hidden_bytes = shape.tokens * self.spec.hidden_size * DTYPE_BYTES[parse_dtype(self.dtype)]
             seconds += self.hw.collective_latency_s + hidden_bytes / self.peer_bytes_per_s

@@ -13,6 +13,11 @@ from coserve.simulator.clock import VirtualClock
 # Simulated requests ignore EOS and stop at max_tokens, so the sampled id never matters.
 SIMULATED_TOKEN = 0
 
+def simulated_tokens(part: list[ScheduledRequest]) -> dict[str, int]:
+    """What a batch part returns: one token for every row that completes its known tokens."""
+    return {item.request.request_id: SIMULATED_TOKEN for item in part if item.completes_known_tokens}
+
+
 JobCost = Callable[[str, list[ScheduledRequest], int], float]  # (model, batch part, lane) -> seconds
 
 
@@ -28,7 +33,7 @@ class SimulatedLanes:
         seconds = self.cost(model, part, lane)
         if seconds < 0:
             raise ValueError(f"the cost model gave a negative duration ({seconds}) for {model}")
-        sampled = {item.request.request_id: SIMULATED_TOKEN for item in part if item.completes_known_tokens}
+        sampled = simulated_tokens(part)
         heapq.heappush(self._events, (self.clock.now + seconds, lane, next(self._seq), sampled))
 
     def has_due_events(self) -> bool:

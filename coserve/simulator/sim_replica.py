@@ -19,7 +19,7 @@ from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.scheduler import SchedulerOutput
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
 from coserve.simulator.cost import BatchShape, batch_shape
-from coserve.simulator.lanes import SIMULATED_TOKEN
+from coserve.simulator.lanes import simulated_tokens
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,7 @@ class SimReplica(ReplicaMemory, EngineCore):
     # -- execution -------------------------------------------------------------------------------
 
     def prepare(self, out: SchedulerOutput) -> SimBatch:
-        sampled = {item.request.request_id: SIMULATED_TOKEN for item in out.scheduled if item.completes_known_tokens}
-        return SimBatch(batch_shape(out.scheduled), sampled)
+        return SimBatch(batch_shape(out.scheduled), simulated_tokens(out.scheduled))
 
     def run_stage(self, batch: SimBatch, start: int, end: int, hidden) -> None:
         seconds = self.backend.stage_seconds(batch.shape, start, end, received_hidden=hidden is not None)
