@@ -10,6 +10,7 @@ to the next member's lane, so with g members up to g micro-batches are in flight
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -23,9 +24,10 @@ from coserve.elastic.replica import Replica
 from coserve.elastic.router import freeness, pick_replica, queued_pages
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
-from coserve.engine.outputs import RequestOutput
+from coserve.engine.outputs import CompletionOutput, RequestOutput
+from coserve.engine.request import RequestStatus
 from coserve.engine.scheduler import SchedulerOutput
-from coserve.errors import ConfigError, InvalidRequestError, UnknownModelError
+from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
 from coserve.execution.lane import LaneError
 from coserve.sampling_params import SamplingParams
 
@@ -107,9 +109,12 @@ class ElasticCluster:
         self.groups: dict[int, pipeline.PipelineGroup] = {}  # member index -> its group
         self.swapped: dict[int, deque[kv_moves.SwappedRequest]] = {r.index: deque() for r in self.replicas}
         self.migration: kv_moves.Migration | None = None
-        self.transition: tuple[str, list[Replica]] | None = None  # a drop or restore waiting for quiet lanes
+        # a drop, restore or repair waiting for quiet lanes: (kind, members, the group unless a drop)
+        self.transition: tuple[str, list[Replica], pipeline.PipelineGroup | None] | None = None
+        self._orphans: list[RequestOutput] = []  # outputs produced between steps (a repair's failures)
         self.events = Events()
-        self._request_ids: set[str] = set()
+        self._request_ids: set[str] = set()  # of the requests not finished yet
+        self._next_id = itertools.count()
         self._deferred_aborts: set[str] = set()
         if config.strategy == "swap":
             for replica in self.replicas:
@@ -128,13 +133,25 @@ class ElasticCluster:
             raise UnknownModelError(f"the model {model!r} does not exist; available: [{self.model!r}]")
         first = self.replicas[0]
         token_ids = first.prompt_token_ids_of(prompt)
-        request_id = request_id if request_id is not None else f"r{len(self._request_ids)}"
+        request_id = request_id if request_id is not None else f"r{next(self._next_id)}"
         if request_id in self._request_ids:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
-        replica = pick_replica(self.replicas, len(token_ids))
-        replica.add_request(prompt, params, request_id, prompt_token_ids=token_ids)
+        self._route(prompt, params, request_id, token_ids)
         self._request_ids.add(request_id)
         return request_id
+
+    def _route(self, prompt, params: SamplingParams | None, request_id: str, token_ids: list[int]) -> None:
+        live = self.live_replicas()
+        if not live:
+            raise OutOfCapacityError(f"every replica of {self.model!r} is down")
+        pick_replica(live, len(token_ids)).add_request(prompt, params, request_id, prompt_token_ids=token_ids)
+
+    def live_replicas(self) -> list[Replica]:
+        return [r for r in self.replicas if r.alive]
+
+    def health(self) -> dict[str, str]:
+        """Each replica's state: "ok", or "dead" once its worker is gone (it gets no more requests)."""
+        return {r.name: "ok" if r.alive else "dead" for r in self.replicas}
 
     def abort_request(self, request_id: str) -> None:
         """Abort now, or once the owner's batch is back: a lane may still be writing the request's KV,
@@ -154,12 +171,15 @@ class ElasticCluster:
         return next((r for r in self.replicas if request_id in r.states), None)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.busy) or any(r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index]
+        return bool(self.busy or self._orphans) or any(r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index]
                                       for r in self.replicas)
 
     def close(self) -> None:
         for replica in self.replicas:
             replica.close()
+        close_backend = getattr(self.backend, "close", None)
+        if close_backend is not None:
+            close_backend()
 
     def __enter__(self) -> ElasticCluster:
         return self
@@ -171,8 +191,11 @@ class ElasticCluster:
 
     def step(self) -> list[RequestOutput]:
         outputs = self.dispatch()
+        if self._orphans:
+            outputs, self._orphans = self._orphans + outputs, []
         if self.busy:
             outputs += self.collect()
+        self._request_ids.difference_update(o.request_id for o in outputs if o.finished)
         return outputs
 
     def dispatch(self) -> list[RequestOutput]:
@@ -180,7 +203,7 @@ class ElasticCluster:
         frozen = {r.index for r in self.transition[1]} if self.transition else set()
         outputs: list[RequestOutput] = []
         for replica in self.replicas:
-            if replica.index in self.busy:
+            if replica.index in self.busy or not replica.alive:
                 continue
             if self.handoffs[replica.index]:
                 self._submit(self.handoffs[replica.index].popleft())
@@ -229,7 +252,9 @@ class ElasticCluster:
             except LaneError as exc:
                 outputs += self._fail(flight, replica, exc)
                 continue
-            if flight.stage + 1 < len(flight.stages):
+            if flight.stage + 1 < len(flight.stages) and not flight.stages[flight.stage + 1][0].alive:
+                outputs += self._fail(flight, replica, LaneError(f"{flight.stages[flight.stage + 1][0].name} is dead"))
+            elif flight.stage + 1 < len(flight.stages):
                 flight.stage += 1
                 flight.hidden = result
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
@@ -244,10 +269,52 @@ class ElasticCluster:
         """A lane's job failed: the batch's requests fail with the reason and the replica recovers
         (a dead lane is replaced), so every other request goes on."""
         logger.error("a job of %s failed on %s: %s", flight.engine.name, replica.name, exc)
+        was_alive = replica.alive
         replica.recover(exc)
         self.batch_in_flight.discard(flight.engine.index)
         outputs = flight.engine.fail_step(flight.out, exc)
+        if was_alive and not replica.alive:
+            outputs += self._lose(replica, exc)
         self._apply_aborts()
+        return outputs
+
+    def _lose(self, dead: Replica, exc: LaneError) -> list[RequestOutput]:
+        """A replica is gone for good (its worker died, weights and KV with it). Alone, its requests
+        that produced nothing yet go to another replica and the rest fail. In a pipeline group every
+        member lost the KV of the dead one's layers: the group is repaired once its batches are back."""
+        logger.error("replica %s is dead; it gets no more requests", dead.name)
+        outputs: list[RequestOutput] = []
+        while self.handoffs[dead.index]:  # stages that were to run on it never will
+            flight = self.handoffs[dead.index].popleft()
+            self.batch_in_flight.discard(flight.engine.index)
+            outputs += flight.engine.fail_step(flight.out, exc)
+        stranded = [s.request for s in self.swapped.pop(dead.index, ())]
+        self.swapped[dead.index] = deque()
+        if self.transition is not None and dead in self.transition[1]:
+            self.transition = None
+        group = self.groups.get(dead.index)
+        if group is None:
+            return outputs + dead.fail_requests(stranded, exc) + self._redispatch(dead, exc)
+        for member in group.members:
+            del self.groups[member.index]
+        self.transition = ("repair", group.members, group)
+        return outputs + dead.fail_requests(stranded, exc)
+
+    def _redispatch(self, replica: Replica, exc: BaseException) -> list[RequestOutput]:
+        """Move the replica's requests that produced no token yet to live replicas; fail the rest."""
+        fresh, started = [], []
+        for state in list(replica.states.values()):
+            (started if state.request.num_output_tokens else fresh).append(state)
+        outputs = replica.fail_requests([s.request for s in started], exc)
+        for state in fresh:
+            request = state.request
+            replica.abort_request(request.request_id)
+            try:
+                self._route(state.prompt or request.prompt_token_ids, request.params, request.request_id,
+                            request.prompt_token_ids)
+            except Exception as error:  # nowhere left to run it
+                self._request_ids.discard(request.request_id)
+                outputs.append(_failed_output(state, error))
         return outputs
 
     # -- the strategy ------------------------------------------------------------------------------
@@ -311,32 +378,48 @@ class ElasticCluster:
             self.transition = self._next_transition()
         if self.transition is None:
             return
-        kind, members = self.transition
+        kind, members, group = self.transition
         if any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index] for m in members):
             return  # wait for the members' batches to come back
         self.transition = None
-        if kind == "drop":
+        if kind == "repair":
+            self._repair(group)
+        elif kind == "drop":
             group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
             for member in members:
                 self.groups[member.index] = group
             self.events.drops.append((now, [m.name for m in members], moved))
         else:
-            moved = pipeline.restore(self.groups[members[0].index], self.config.peer_bytes_per_s)
+            moved = pipeline.restore(group, self.config.peer_bytes_per_s)
             for member in members:
                 del self.groups[member.index]
             self.events.restores.append((now, [m.name for m in members], moved))
 
-    def _next_transition(self) -> tuple[str, list[Replica]] | None:
+    def _repair(self, group: pipeline.PipelineGroup) -> None:
+        """After a member died: every member's requests lost KV, so they start over elsewhere (or fail
+        if they had produced tokens); the survivors reload the layers they had dropped and serve alone."""
+        pipeline.dissolve(group)
+        survivors = [m for m in group.members if m.alive]
+        lost = LaneError(f"a member of pipeline group {group.owner} died")
+        for member in survivors:
+            member.reload_layers()
+        outputs: list[RequestOutput] = []
+        for member in group.members:
+            outputs += self._redispatch(member, lost)
+        self._orphans += outputs
+        self.events.restores.append((self.clock(), [m.name for m in survivors], 0))
+
+    def _next_transition(self) -> tuple[str, list[Replica], pipeline.PipelineGroup | None] | None:
         for group in {id(g): g for g in self.groups.values()}.values():
             if self._should_restore(group):
-                return "restore", group.members
-        alone = [r for r in self.replicas if r.index not in self.groups]
+                return "restore", group.members, group
+        alone = [r for r in self.live_replicas() if r.index not in self.groups]
         if len(alone) < 2 or not any(r.scheduler.waiting for r in alone):
             return None
         demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages) for r in alone]
         plan = plan_groups(demands, self._group_capacity, self.config.max_group_size)
         by_name = {r.name: r for r in alone}
-        return ("drop", [by_name[name] for name in plan[0]]) if plan else None
+        return ("drop", [by_name[name] for name in plan[0]], None) if plan else None
 
     def _demand_pages(self, replica: Replica) -> int:
         return replica.kv.num_held_blocks + queued_pages(replica)
@@ -353,3 +436,14 @@ class ElasticCluster:
             return False
         used = sum(group.used_pages(m) for m in members)
         return used <= self.config.restore_below * sum(m.independent_pages for m in members)
+
+
+def _failed_output(state, error: BaseException) -> RequestOutput:
+    """An error output for a request no replica holds any more."""
+    request = state.request
+    request.status = RequestStatus.FINISHED_ERROR
+    completion = CompletionOutput(0, "", [], request.finish_reason, None)
+    output = RequestOutput(request.request_id, state.prompt, request.prompt_token_ids, [completion], True,
+                           state.metrics, request.num_preemptions)
+    output.error = f"{type(error).__name__}: {error}"
+    return output

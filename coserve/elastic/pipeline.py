@@ -87,10 +87,15 @@ def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
             moved += source.kv_cache.copy_to(member.kv_cache, [layer], pages)
             member.stall_s += moved / link_bytes_per_s
             pulled += moved
+    dissolve(group)
+    return pulled
+
+
+def dissolve(group: PipelineGroup) -> None:
+    """Give every member its requests' pages back under its own name; the group owner holds none."""
     pool = group.members[0].kv.pool
     for member in group.members:
         for table in member.kv.block_tables.values():
             pool.transfer(table, group.owner, member.name)
         member.kv.owner = member.name
     pool.set_limit(group.owner, 0)
-    return pulled

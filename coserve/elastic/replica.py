@@ -38,6 +38,15 @@ def _param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def weights_checksum(model: torch.nn.Module) -> str:
+    """A digest of every weight byte held (tests: a drop and restore must give back the same bytes)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def id_space_pages(spec: ModelSpec, block_size: int, dtype: torch.dtype, budget: int, max_group_size: int) -> int:
     """Pages a replica could ever hold: its whole budget as KV over the fewest layers a group leaves it."""
     fewest_layers = max(1, spec.num_layers // max_group_size)
@@ -50,6 +59,7 @@ class ReplicaMemory:
 
     index: int
     budget: int
+    alive = True  # False once the replica is gone for good (a remote worker that died)
     layer_bytes: int  # one decoder layer's weights
     page_bytes_per_layer: int
 
@@ -167,12 +177,7 @@ class Replica(ReplicaMemory, LLMEngine):
         return self.model.layers[index - self.model.start]
 
     def weights_checksum(self) -> str:
-        """A digest of every weight byte held (tests: a drop and restore must give back the same bytes)."""
-        digest = hashlib.sha256()
-        for name, param in sorted(self.model.named_parameters()):
-            digest.update(name.encode())
-            digest.update(param.detach().contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return weights_checksum(self.model)
 
     def close(self) -> None:
         self.lane.close()

@@ -201,10 +201,14 @@ class EngineCore:
         self._forget(request_id)
 
     def _fail(self, out: SchedulerOutput, exc: BaseException) -> list[RequestOutput]:
+        # requests the scheduler already ended this step must still be reported, or they wait forever
+        return self.fail_requests([item.request for item in out.scheduled] + out.finished, exc)
+
+    def fail_requests(self, requests: list[Request], exc: BaseException) -> list[RequestOutput]:
+        """End these requests with `exc` as their error (those not already finished) and free their pages."""
         outputs = []
         now = self.clock()
-        # requests the scheduler already ended this step must still be reported, or they wait forever
-        for request in [item.request for item in out.scheduled] + out.finished:
+        for request in requests:
             state = self.states.get(request.request_id)
             if state is None:
                 continue

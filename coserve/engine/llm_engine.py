@@ -19,7 +19,7 @@ from coserve.execution.kv_cache import PagedKVCache, page_bytes
 from coserve.execution.memory import host_zeros
 from coserve.execution.model_runner import ModelRunner
 from coserve.execution.models.llama import LlamaModel
-from coserve.execution.models.spec import parse_dtype
+from coserve.execution.models.spec import ModelSpec, parse_dtype
 from coserve.execution.sampler import Sampler
 from coserve.execution.weights import load_model
 
@@ -34,6 +34,22 @@ def _move_to_huge_pages(model: torch.nn.Module) -> None:
         moved = host_zeros(tuple(param.shape), param.dtype)
         moved.copy_(param.data)
         param.data = moved
+
+
+def max_model_len_of(config: EngineConfig, spec: ModelSpec) -> int:
+    return config.max_model_len or min(spec.max_position_embeddings, 32768)
+
+
+def build_model(spec: ModelSpec, state_dict: dict[str, torch.Tensor], max_model_len: int,
+                device: torch.device, dtype: torch.dtype) -> LlamaModel:
+    """The whole model in inference mode, its weights from a Hugging Face-named state dict."""
+    model = LlamaModel(spec, max_position=max_model_len, device=device)
+    model.to(device=device, dtype=dtype)
+    model.rotary.cos, model.rotary.sin = model.rotary.cos.to(dtype), model.rotary.sin.to(dtype)
+    model.load_hf_state_dict(state_dict)
+    if device.type == "cpu":
+        _move_to_huge_pages(model)
+    return model.eval()
 
 
 class LLMEngine(EngineCore):
@@ -52,7 +68,7 @@ class LLMEngine(EngineCore):
             # only layer 0 is read: the cheapest way to reach another model's tokenizer
             donor = load_model(config.tokenizer, layer_range=(0, 1))
             tokenizer, chat_template = donor.tokenizer, donor.chat_template
-        self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 32768)
+        self.max_model_len = max_model_len_of(config, self.spec)
         self.model = self._build_model(loaded.state_dict)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.kv_cache, kv = self._make_kv_cache(pool)
@@ -65,13 +81,7 @@ class LLMEngine(EngineCore):
                     self.kv_cache.nbytes / 1e6, self.max_model_len)
 
     def _build_model(self, state_dict: dict[str, torch.Tensor]) -> LlamaModel:
-        model = LlamaModel(self.spec, max_position=self.max_model_len, device=self.device)
-        model.to(device=self.device, dtype=self.dtype)
-        model.rotary.cos, model.rotary.sin = model.rotary.cos.to(self.dtype), model.rotary.sin.to(self.dtype)
-        model.load_hf_state_dict(state_dict)
-        if self.device.type == "cpu":
-            _move_to_huge_pages(model)
-        return model.eval()
+        return build_model(self.spec, state_dict, self.max_model_len, self.device, self.dtype)
 
     def _make_kv_cache(self, pool: DeviceKVPool | None) -> tuple[PagedKVCache, KVCacheManager]:
         """The KV tensors and this model's view of the page pool (subclasses lay pages out otherwise)."""

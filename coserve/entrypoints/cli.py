@@ -44,13 +44,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="YAML server config (default: the embedded models)")
     p.add_argument("--host", default=None, help="default: the config's, else 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: the config's, else 8000")
+    p.add_argument("--backend", choices=("process", "ray"), default="process",
+                   help="with a placement file: replicas as local processes, or as Ray actors (coserve[ray])")
+    p.add_argument("--strategy", choices=("recompute", "swap", "migrate", "drop"), default="drop",
+                   help="with a placement file: what a replica does when its KV runs out")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: the Ray cluster to join ('auto': the running one); default: a local one")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from coserve.entrypoints.openai.server import serve
 
-    return serve(args.config, args.host, args.port)
+    return serve(args.config, args.host, args.port, args.backend, args.strategy, args.address)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -79,7 +79,8 @@ class SetLayer:
     kv: tuple[torch.Tensor, torch.Tensor] | None
 
 
-def _run(job: Job, models: dict, attention) -> np.ndarray | None:
+def run_job(job: Job, models: dict, attention) -> np.ndarray | None:
+    """Run a job on the models it names: a stage's hidden states, the sampled rows' logits, or None."""
     if job.stall_s > 0:
         time.sleep(job.stall_s)
     model, kv_cache = models[job.model]
@@ -113,7 +114,7 @@ def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]],
                 _set_layer(message, models)
                 conn.send(("ok", None))
             else:
-                conn.send(("ok", _run(message, models, attention)))
+                conn.send(("ok", run_job(message, models, attention)))
         except Exception as exc:  # report, keep the lane alive for the next job
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 

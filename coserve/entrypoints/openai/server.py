@@ -21,12 +21,16 @@ import coserve
 from coserve.engine.async_engine import AsyncEngine
 from coserve.engine.device_config import build_device
 from coserve.engine.device_engine import DeviceEngine
+from coserve.elastic.serving import ServedCluster
 from coserve.engine.llm_engine import LLMEngine
 from coserve.entrypoints.openai.prometheus import EngineMetrics
 from coserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
 from coserve.entrypoints.openai.responses import ResponseBuilder
 from coserve.entrypoints.serve_config import ServerConfig, load_config
-from coserve.errors import InvalidRequestError, OutOfCapacityError, UnknownModelError
+from coserve.entrypoints.placement_serve import build_clusters, is_placement, server_config_for
+from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
+from coserve.placement.placement_file import load_placement
+from coserve.yaml_config import read_yaml
 
 logger = logging.getLogger("coserve.server")
 
@@ -60,6 +64,9 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
         async_engine.stop()
         if device is not None:
             device.close()
+        for engine in async_engine.engines.values():
+            if isinstance(engine, ServedCluster):
+                engine.close()
 
     app = FastAPI(title="coserve", version=coserve.__version__, lifespan=lifespan)
     app.state.engine = async_engine
@@ -72,7 +79,15 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200 if async_engine.alive else 503)
+        """200 while the engine thread serves; the body names replicas that are down ("degraded")."""
+        if not async_engine.alive:
+            return JSONResponse({"status": "down"}, status_code=503)
+        instances = {}
+        for engine in async_engine.engines.values():
+            if isinstance(engine, ServedCluster):
+                instances.update(engine.health())
+        status = "degraded" if any(state != "ok" for state in instances.values()) else "ok"
+        return JSONResponse({"status": status, "instances": instances})
 
     @app.get("/version")
     async def version() -> dict:
@@ -236,11 +251,19 @@ def load_engines(config: ServerConfig) -> dict[str, LLMEngine] | DeviceEngine:
     return {d.name: LLMEngine(d.engine_config(config.num_threads)) for d in config.models}
 
 
-def serve(config_path: str | None, host: str | None = None, port: int | None = None) -> int:
+def serve(config_path: str | None, host: str | None = None, port: int | None = None, backend: str = "process",
+          strategy: str = "drop", address: str | None = None) -> int:
+    """Serve a server config, or a placement file (`coserve plan -o`) with `backend` and `strategy`."""
     import uvicorn
 
-    config = load_config(config_path)
-    engines = load_engines(config)
+    if config_path is not None and is_placement(read_yaml(config_path)):
+        engines = build_clusters(load_placement(config_path), backend, strategy, address)
+        config = server_config_for(engines, host or "127.0.0.1", 8000 if port is None else port)
+    else:
+        if backend != "process":
+            raise ConfigError("--backend ray needs a placement file (`coserve plan -o placement.yaml`)")
+        config = load_config(config_path)
+        engines = load_engines(config)
     app = build_app(engines, config)
     host = host or config.host
     port = config.port if port is None else port
