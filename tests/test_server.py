@@ -27,9 +27,11 @@ def _free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, config: ServerConfig):
+    """`engines`: what the server steps (default: those `config` describes)."""
+
+    def __init__(self, config: ServerConfig, engines=None):
         self.config = config
-        self.app = build_app(load_engines(config), config)
+        self.app = build_app(load_engines(config) if engines is None else engines, config)
         self.port = _free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))

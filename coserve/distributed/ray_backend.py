@@ -45,11 +45,11 @@ WorkerActor = ray.remote(concurrency_groups={"transfer": 1})(_RayWorker)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at `address` ("auto": the running one), or start a local one."""
+    """Join the Ray cluster at `address` ("auto": the running one), or start a local one on loopback."""
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address, log_to_driver=False)
 

@@ -171,8 +171,8 @@ class ElasticCluster:
         return next((r for r in self.replicas if request_id in r.states), None)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.busy or self._orphans) or any(r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index]
-                                      for r in self.replicas)
+        return bool(self.busy or self._orphans) or any(
+            r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] for r in self.replicas)
 
     def close(self) -> None:
         for replica in self.replicas:

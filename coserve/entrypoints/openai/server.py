@@ -18,16 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 import coserve
+from coserve.elastic.serving import ServedCluster
 from coserve.engine.async_engine import AsyncEngine
 from coserve.engine.device_config import build_device
 from coserve.engine.device_engine import DeviceEngine
-from coserve.elastic.serving import ServedCluster
 from coserve.engine.llm_engine import LLMEngine
 from coserve.entrypoints.openai.prometheus import EngineMetrics
 from coserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
 from coserve.entrypoints.openai.responses import ResponseBuilder
-from coserve.entrypoints.serve_config import ServerConfig, load_config
 from coserve.entrypoints.placement_serve import build_clusters, is_placement, server_config_for
+from coserve.entrypoints.serve_config import ServerConfig, load_config
 from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
 from coserve.placement.placement_file import load_placement
 from coserve.yaml_config import read_yaml

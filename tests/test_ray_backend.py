@@ -1,0 +1,132 @@
+"""Replicas as Ray actors on a local Ray cluster: outputs equal the multiprocess backend's (through
+the OpenAI server and through a drop, exchange and restore), and a killed actor leaves the server up
+and reported as degraded."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+
+from coserve.elastic import ElasticCluster, ElasticConfig
+from coserve.engine.config import EngineConfig
+from coserve.entrypoints.placement_serve import build_clusters, server_config_for
+from coserve.errors import ConfigError
+from coserve.placement.placement_file import PlacementFile
+
+from .test_elastic import _assert_all_back, _budget, _burst, _prompts, _reference
+from .test_server import RunningServer
+
+ray = pytest.importorskip("ray", reason="the Ray backend is the optional extra coserve[ray]")
+
+REAL = "smollm2-135m-instruct"
+PAGE_BYTES = 30 * 2 * 16 * 192 * 4  # one page of SmolLM2's KV over all 30 layers (float32)
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "List three primary colors:", "The quick brown fox",
+           "Once upon a time, in a small village by the sea, there lived an old fisherman who"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def _placement(num_meshes: int = 2, kv_pages: int = 64, tensor_parallel: int = 1) -> PlacementFile:
+    placed = dict(name="smol", model=REAL, dtype="float32", tensor_parallel=tensor_parallel, rate=1.0,
+                  prefill_share=0.5, decode_share=0.5, kv_quota_bytes=kv_pages * PAGE_BYTES,
+                  kv_quota_tokens=kv_pages * 16, max_num_seqs=8, est_throughput=1.0, est_ttft_ms=10.0,
+                  est_tpot_ms=10.0, est_slo_attainment=1.0)
+    meshes = [dict(id=i, node=0, gpus=[i], est_throughput=1.0, models=[placed]) for i in range(num_meshes)]
+    return PlacementFile.model_validate(dict(
+        strategy="greedy", objective="throughput",
+        cluster=dict(nodes=1, gpus_per_node=num_meshes, gpu="A100-80GB", interconnect="nvlink"),
+        totals=dict(rate=2.0, est_throughput=2.0, est_goodput=2.0, est_slo_attainment=1.0, gpus_used=num_meshes,
+                    plan_seconds=0.1),
+        meshes=meshes,
+        models=[dict(name="smol", rate=2.0, replicas=list(range(num_meshes)), est_throughput=2.0,
+                     est_slo_attainment=1.0)]))
+
+
+def _complete_all(server: RunningServer) -> list[str]:
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+    def one(prompt: str) -> str:
+        return client.completions.create(model="smol", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        return list(pool.map(one, PROMPTS))
+
+
+def _serve(backend: str, **placement) -> RunningServer:
+    clusters = build_clusters(_placement(**placement), backend=backend, device="cpu")
+    return RunningServer(server_config_for(clusters, "127.0.0.1", 0), clusters)
+
+
+def test_ray_replicas_answer_as_the_process_backend_does():
+    with _serve("process") as server:
+        want = _complete_all(server)
+    with _serve("ray") as server:
+        got = _complete_all(server)
+        cluster = server.engine("smol").cluster
+        assert all(r.scheduler.num_running == 0 for r in cluster.replicas)
+        served = [r.name for r in cluster.replicas if r.kv.pool.capacity(r.kv.owner) > 0]
+        assert len(served) == 2
+        assert httpx.get(server.url + "/health").json() == {
+            "status": "ok", "instances": {"smol#0": "ok", "smol#1": "ok"}}
+    assert got == want
+    assert all(text for text in got)
+
+
+def test_drop_exchange_and_restore_across_ray_actors_keep_outputs():
+    from coserve.distributed.ray_backend import RayBackend
+
+    config = EngineConfig(model=REAL, max_num_seqs=8, max_num_batched_tokens=256)
+    prompts = _prompts(8, 49152)
+    want, weight_bytes = _reference(config, prompts)
+    budget = _budget(weight_bytes, config, 30, 192, pages=8)
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        assert _burst(cluster, prompts) == want
+        (_, members, exchanged), = cluster.events.drops
+        assert len(members) == 2 and exchanged > 0  # KV of decoding requests crossed between the actors
+        (_, _, pulled), = cluster.events.restores
+        assert pulled >= 15 * cluster.replicas[0].layer_bytes  # each member took back the other's layers
+        _assert_all_back(cluster, checksums)
+
+
+def test_killing_an_actor_leaves_the_server_up_and_reports_it():
+    with _serve("ray") as server:
+        cluster = server.engine("smol").cluster
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+        def one(prompt: str):
+            try:
+                return client.completions.create(model="smol", prompt=prompt, max_tokens=48, temperature=0,
+                                                 extra_body={"ignore_eos": True}).choices[0].text
+            except openai.APIError as exc:
+                return exc
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            futures = [pool.submit(one, p) for p in PROMPTS]
+            victim = cluster.replicas[1]
+            deadline = time.monotonic() + 120
+            while not victim.states and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling for the condition, not timing: the kill needs requests on it
+            assert victim.states
+            ray.kill(victim.handle, no_restart=True)
+            results = [f.result(timeout=300) for f in futures]
+        failed = [r for r in results if isinstance(r, Exception)]
+        assert all("died" in str(r) or "dead" in str(r) for r in failed)
+        assert len(failed) < len(results)  # those on the live replica, or moved there, finished
+        assert httpx.get(server.url + "/health").json() == {
+            "status": "degraded", "instances": {"smol#0": "ok", "smol#1": "dead"}}
+        after = _complete_all(server)  # every new request goes to the live replica
+        assert all(isinstance(text, str) and text for text in after)
+        assert not victim.states and all(r.scheduler.num_running == 0 for r in cluster.replicas)
+
+
+def test_placement_asking_for_tensor_parallelism_is_refused_clearly():
+    with pytest.raises(ConfigError, match="tensor degree 2"):
+        build_clusters(_placement(tensor_parallel=2), backend="ray", device="cpu")
