@@ -45,13 +45,18 @@ WorkerActor = ray.remote(concurrency_groups={"transfer": 1})(_RayWorker)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at `address` ("auto": the running one), or start a local one on loopback."""
+    """Join the Ray cluster at `address` ("auto": the running one), or start a local one."""
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
+
+
+def single_host() -> bool:
+    """Every node of the Ray cluster is this host: the workers' traffic can stay on loopback."""
+    return len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
 @dataclass
@@ -92,8 +97,10 @@ class RayBackend:
         loaded = load_model(engine_config.model, dtype=dtype, seed=engine_config.seed, layer_range=(0, 1))
         num_pages = id_space_pages(loaded.spec, engine_config.block_size, dtype, config.memory_budget_bytes,
                                    config.max_group_size)
+        local = single_host()
+        env = {"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}} if local else None
         handle = WorkerActor.options(
-            num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, name=None,
+            num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, runtime_env=env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(slot.group, placement_group_bundle_index=slot.bundle),
         ).remote(engine_config, num_pages, max(1, int(slot.num_cpus)))
         try:
@@ -121,7 +128,7 @@ class RayBackend:
     def _join_group(self) -> None:
         """One gloo group over this cluster's workers (rank = replica index), rendezvous at rank 0."""
         first = self.replicas[0].handle
-        host = ray.get(first.node_address.remote())
+        host = "127.0.0.1" if single_host() else ray.get(first.node_address.remote())
         init_method = ray.get(first.rendezvous_address.remote(host))
         world = len(self.replicas)
         ray.get([r.handle.join_group.remote(init_method, r.rank, world) for r in self.replicas])
