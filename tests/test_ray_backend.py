@@ -17,7 +17,7 @@ from coserve.entrypoints.placement_serve import build_clusters, server_config_fo
 from coserve.errors import ConfigError
 from coserve.placement.placement_file import PlacementFile
 
-from .test_elastic import _assert_all_back, _budget, _burst, _prompts, _reference
+from .test_elastic import GREEDY, _assert_all_back, _budget, _burst, _prompts, _reference
 from .test_server import RunningServer
 
 ray = pytest.importorskip("ray", reason="the Ray backend is the optional extra coserve[ray]")
@@ -130,3 +130,72 @@ def test_killing_an_actor_leaves_the_server_up_and_reports_it():
 def test_placement_asking_for_tensor_parallelism_is_refused_clearly():
     with pytest.raises(ConfigError, match="tensor degree 2"):
         build_clusters(_placement(tensor_parallel=2), backend="ray", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = EngineConfig(model="random:llama-tiny", max_num_seqs=8, max_num_batched_tokens=128)
+    prompts = _prompts(8, 256)
+    want, weight_bytes = _reference(config, prompts)
+    return config, prompts, want, _budget(weight_bytes, config, 4, 64, pages=8)
+
+
+def _finish(cluster: ElasticCluster, outputs: dict) -> dict:
+    while cluster.has_unfinished_requests():
+        outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+    return outputs
+
+
+def test_a_dead_actor_fails_what_it_started_and_reroutes_what_it_had_not(tiny):
+    from coserve.distributed.ray_backend import RayBackend
+
+    config, prompts, want, _ = tiny
+    config = EngineConfig(model=config.model, max_num_seqs=2, max_num_batched_tokens=128)
+    with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=1 << 30),
+                        backend=RayBackend()) as cluster:
+        for i, prompt in enumerate(prompts[:6]):
+            cluster.add_request(prompt, GREEDY, str(i))
+        victim = cluster.replicas[1]
+        outputs: dict = {}
+        while not any(r.num_output_tokens for r in victim.scheduler.running):
+            outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+        started = {r.request_id for r in victim.scheduler.running if r.num_output_tokens}
+        queued = {r.request_id for r in victim.scheduler.waiting}
+        assert started and queued  # two run on it (max_num_seqs=2), the third waits
+        ray.kill(victim.handle, no_restart=True)
+        _finish(cluster, outputs)
+        assert cluster.health() == {f"{config.name}#0": "ok", f"{config.name}#1": "dead"}
+        for rid in started:
+            assert outputs[rid].error and "died" in outputs[rid].error
+        for rid in set(outputs) - started:  # the rest, rerouted ones included, are whole and right
+            assert outputs[rid].error is None and outputs[rid].outputs[0].token_ids == want[rid]
+        assert len(outputs) == 6
+        survivor = cluster.replicas[0]
+        assert survivor.kv.pool.num_free_blocks == survivor.kv.pool.num_blocks
+
+
+def test_a_pipeline_member_dying_repairs_the_group_from_the_checkpoint(tiny):
+    from coserve.distributed.ray_backend import RayBackend
+
+    config, prompts, want, budget = tiny
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        survivor, victim = cluster.replicas
+        checksum = survivor.weights_checksum()
+        for i, prompt in enumerate(prompts):
+            cluster.add_request(prompt, GREEDY, str(i))
+        outputs: dict = {}
+        while not cluster.groups:
+            outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+        assert survivor.held_layers() != list(range(4))
+        ray.kill(victim.handle, no_restart=True)
+        _finish(cluster, outputs)
+        assert len(outputs) == len(prompts) and not cluster.groups
+        for output in outputs.values():  # each finished whole and right, or failed naming the cause
+            if output.error is None:
+                assert output.outputs[0].token_ids == want[output.request_id]
+            else:
+                assert "died" in output.error or "dead" in output.error
+        assert survivor.held_layers() == list(range(4)) and survivor.weights_checksum() == checksum
+        assert survivor.kv.pool.num_free_blocks == survivor.kv.pool.num_blocks
+        cluster.add_request(prompts[0], GREEDY, "after")
+        assert _finish(cluster, {})["after"].outputs[0].token_ids == want["0"]

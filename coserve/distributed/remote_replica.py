@@ -130,7 +130,6 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         try:
             return ray.get(getattr(self.handle, method).remote(*args))
         except RayActorError as exc:
-            self.alive = False
             raise LaneError(f"{self.name}: its worker died ({exc})", dead=True) from exc
 
     # -- execution -------------------------------------------------------------------------------
@@ -159,8 +158,7 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         self._pending = None
         try:
             out = ray.get(ref)
-        except RayActorError as exc:
-            self.alive = False
+        except RayActorError as exc:  # `recover` takes the replica out of service
             raise LaneError(f"{self.name}: its worker died ({exc})", dead=True) from exc
         except RayTaskError as exc:
             raise LaneError(f"{self.name}: {exc.cause!r}") from exc

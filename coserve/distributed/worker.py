@@ -136,6 +136,8 @@ class ReplicaWorker:
 
     def reload_layers(self) -> list[int]:
         """Load every missing layer from the checkpoint (a peer holding it is gone); returns them."""
+        with self._lock:  # outputs of stages whose next member is gone: nobody will ask for them
+            self._outbox.clear()
         missing = sorted(set(range(self.spec.num_layers)) - set(self.model.held_layers()))
         for index in missing:
             part = LlamaModel(self.spec, index, index + 1).to(self.dtype)

@@ -171,7 +171,8 @@ class ElasticCluster:
         return next((r for r in self.replicas if request_id in r.states), None)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.busy or self._orphans) or any(
+        repairing = self.transition is not None and self.transition[0] == "repair"
+        return bool(self.busy or self._orphans or repairing) or any(
             r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] for r in self.replicas)
 
     def close(self) -> None:
