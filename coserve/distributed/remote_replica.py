@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from coserve.elastic.replica import PreparedBatch, ReplicaMemory, id_space_pages
 from coserve.engine.block_pool import BlockPool
@@ -32,6 +33,7 @@ from coserve.execution.models.spec import parse_dtype
 from coserve.execution.sampler import Sampler
 from coserve.execution.weights import LoadedModel, load_model
 
+logger = logging.getLogger(__name__)
 _sequence = itertools.count()  # stage numbers, unique across every replica of this driver
 
 
@@ -88,8 +90,8 @@ class RemoteLayerKV:
         if not layers or not pages:
             return 0
         src, dst = self.replica, other.replica
-        ray.get([src.handle.send_kv.remote(layers, pages, dst.rank),
-                 dst.handle.recv_kv.remote(layers, pages, src.rank)])
+        src.wait_for([src.handle.send_kv.remote(layers, pages, dst.rank),
+                      dst.handle.recv_kv.remote(layers, pages, src.rank)])
         return len(layers) * len(pages) * src.page_bytes_per_layer
 
 
@@ -127,10 +129,19 @@ class RemoteReplica(ReplicaMemory, EngineCore):
 
     def call(self, method: str, *args):
         """Run a worker method and wait for it (set-up, layer and KV changes: never on the step path)."""
+        return self.wait_for([getattr(self.handle, method).remote(*args)])[0]
+
+    def wait_for(self, refs: list):
+        """Results of these worker calls; LaneError (dead, short message) if the worker is gone."""
         try:
-            return ray.get(getattr(self.handle, method).remote(*args))
-        except RayActorError as exc:
-            raise LaneError(f"{self.name}: its worker died ({exc})", dead=True) from exc
+            return ray.get(refs)
+        except RayActorError as exc:  # `recover` takes the replica out of service
+            logger.error("%s: Ray worker died: %s", self.name, exc)
+            raise LaneError(f"replica {self.name} is down (its Ray worker died)", dead=True) from exc
+        except RayTaskError as exc:
+            raise LaneError(f"replica {self.name}: {exc.cause!r}") from exc
+        except RayError as exc:  # a lost object or owner: the job is gone, the worker may not be
+            raise LaneError(f"replica {self.name}: {type(exc).__name__}") from exc
 
     # -- execution -------------------------------------------------------------------------------
 
@@ -156,12 +167,7 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         """The last stage's logits, or where this stage's hidden states wait; LaneError if it failed."""
         ref, ends_model, seq = self._pending
         self._pending = None
-        try:
-            out = ray.get(ref)
-        except RayActorError as exc:  # `recover` takes the replica out of service
-            raise LaneError(f"{self.name}: its worker died ({exc})", dead=True) from exc
-        except RayTaskError as exc:
-            raise LaneError(f"{self.name}: {exc.cause!r}") from exc
+        out = self.wait_for([ref])[0]
         if not ends_model:
             return PeerHidden(self, seq)
         return None if out is None else torch.from_numpy(out.copy())  # Ray's arrays are read-only
@@ -198,8 +204,8 @@ class RemoteReplica(ReplicaMemory, EngineCore):
 
     def restore_layer(self, index: int, source: LayerOnPeer) -> int:
         src = source.holder
-        moved = ray.get([src.handle.send_layer.remote(index, self.rank),
-                         self.handle.recv_layer.remote(index, src.rank)])[1]
+        moved = self.wait_for([src.handle.send_layer.remote(index, self.rank),
+                               self.handle.recv_layer.remote(index, src.rank)])[1]
         self.kv_cache.add_layer(index)
         return moved
 

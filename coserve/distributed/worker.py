@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -72,8 +73,11 @@ class ReplicaWorker:
             port = s.getsockname()[1]
         return f"tcp://{host}:{port}"
 
-    def join_group(self, init_method: str, rank: int, world_size: int) -> None:
-        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    def join_group(self, init_method: str, rank: int, world_size: int, timeout_s: float = 120.0) -> None:
+        """Join the cluster's group. `timeout_s` bounds every transfer: a receive whose sender is gone
+        fails the job after it instead of holding the worker for gloo's default half hour."""
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
 
     # -- execution -------------------------------------------------------------------------------
 
@@ -83,7 +87,11 @@ class ReplicaWorker:
         under `seq` until the next member asks for it."""
         if source is not None:
             hidden = torch.empty(len(job.arrays["input_ids"]), self.spec.hidden_size, dtype=self.dtype)
-            dist.recv(hidden, src=source[0], tag=hidden_tag(source[1]))
+            try:
+                dist.recv(hidden, src=source[0], tag=hidden_tag(source[1]))
+            except RuntimeError as exc:  # gloo's own text names no rank and no cause
+                raise RuntimeError(f"the worker of rank {source[0]} died or is unreachable: its hidden states "
+                                   f"for this stage never came ({str(exc).splitlines()[0][-80:]})") from None
             job.hidden = hidden.numpy()
         out = run_job(job, {job.model: (self.model, self.kv_cache)}, self.attention)
         if job.end is not None and job.end < self.spec.num_layers:

@@ -109,8 +109,9 @@ class ElasticCluster:
         self.groups: dict[int, pipeline.PipelineGroup] = {}  # member index -> its group
         self.swapped: dict[int, deque[kv_moves.SwappedRequest]] = {r.index: deque() for r in self.replicas}
         self.migration: kv_moves.Migration | None = None
-        # a drop, restore or repair waiting for quiet lanes: (kind, members, the group unless a drop)
+        # a drop or restore waiting for quiet lanes: (kind, members, the group unless a drop)
         self.transition: tuple[str, list[Replica], pipeline.PipelineGroup | None] | None = None
+        self.repairs: list[pipeline.PipelineGroup] = []  # groups that lost a member, waiting for quiet lanes
         self._orphans: list[RequestOutput] = []  # outputs produced between steps (a repair's failures)
         self.events = Events()
         self._request_ids: set[str] = set()  # of the requests not finished yet
@@ -164,6 +165,7 @@ class ElasticCluster:
             replica = self._owner_of(request_id)
             if replica is None or replica.index not in self.batch_in_flight:
                 self._deferred_aborts.discard(request_id)
+                self._request_ids.discard(request_id)
                 if replica is not None:
                     replica.abort_request(request_id)
 
@@ -171,8 +173,7 @@ class ElasticCluster:
         return next((r for r in self.replicas if request_id in r.states), None)
 
     def has_unfinished_requests(self) -> bool:
-        repairing = self.transition is not None and self.transition[0] == "repair"
-        return bool(self.busy or self._orphans or repairing) or any(
+        return bool(self.busy or self._orphans or self.repairs) or any(
             r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] for r in self.replicas)
 
     def close(self) -> None:
@@ -202,6 +203,7 @@ class ElasticCluster:
     def dispatch(self) -> list[RequestOutput]:
         self._manage(self.clock())
         frozen = {r.index for r in self.transition[1]} if self.transition else set()
+        frozen |= {r.index for group in self.repairs for r in group.members}
         outputs: list[RequestOutput] = []
         for replica in self.replicas:
             if replica.index in self.busy or not replica.alive:
@@ -273,9 +275,10 @@ class ElasticCluster:
         was_alive = replica.alive
         replica.recover(exc)
         self.batch_in_flight.discard(flight.engine.index)
-        outputs = flight.engine.fail_step(flight.out, exc)
-        if was_alive and not replica.alive:
+        outputs: list[RequestOutput] = []
+        if was_alive and not replica.alive:  # first: the batch's requests with no token yet go elsewhere
             outputs += self._lose(replica, exc)
+        outputs += flight.engine.fail_step(flight.out, exc)
         self._apply_aborts()
         return outputs
 
@@ -293,13 +296,15 @@ class ElasticCluster:
         self.swapped[dead.index] = deque()
         if self.transition is not None and dead in self.transition[1]:
             self.transition = None
+        outputs += dead.fail_requests(stranded, exc)
         group = self.groups.get(dead.index)
-        if group is None:
-            return outputs + dead.fail_requests(stranded, exc) + self._redispatch(dead, exc)
-        for member in group.members:
-            del self.groups[member.index]
-        self.transition = ("repair", group.members, group)
-        return outputs + dead.fail_requests(stranded, exc)
+        if group is not None:
+            for member in group.members:
+                del self.groups[member.index]
+            self.repairs.append(group)
+        elif not any(dead in g.members for g in self.repairs):  # alone (not a group already in repair)
+            outputs += self._redispatch(dead, exc)
+        return outputs
 
     def _redispatch(self, replica: Replica, exc: BaseException) -> list[RequestOutput]:
         """Move the replica's requests that produced no token yet to live replicas; fail the rest."""
@@ -354,7 +359,8 @@ class ElasticCluster:
     def _migrate(self, now: float) -> None:
         move = self.migration
         if move is not None:
-            if move.request.finished or move.request not in move.src.scheduler.running:
+            if move.request.finished or move.request not in move.src.scheduler.running \
+                    or not (move.src.alive and move.dst.alive):
                 self.migration = None
             elif now >= move.ready_at and move.src.index not in self.batch_in_flight \
                     and move.dst.index not in self.batch_in_flight:
@@ -362,7 +368,7 @@ class ElasticCluster:
                     self.events.migrations += 1
                 self.migration = None
             return
-        ranked = sorted(self.replicas, key=freeness)
+        ranked = sorted(self.live_replicas(), key=freeness)
         src, dst = ranked[0], ranked[-1]
         if src is dst or not src.scheduler.waiting or not src.scheduler.running or freeness(dst) <= freeness(src):
             return
@@ -375,17 +381,18 @@ class ElasticCluster:
                                             pages)
 
     def _drop_or_restore(self, now: float) -> None:
+        for group in [g for g in self.repairs if self._quiet(g.members)]:
+            self.repairs.remove(group)
+            self._repair(group)
         if self.transition is None:
             self.transition = self._next_transition()
         if self.transition is None:
             return
         kind, members, group = self.transition
-        if any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index] for m in members):
+        if not self._quiet(members):
             return  # wait for the members' batches to come back
         self.transition = None
-        if kind == "repair":
-            self._repair(group)
-        elif kind == "drop":
+        if kind == "drop":
             group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
             for member in members:
                 self.groups[member.index] = group
@@ -396,6 +403,10 @@ class ElasticCluster:
                 del self.groups[member.index]
             self.events.restores.append((now, [m.name for m in members], moved))
 
+    def _quiet(self, members: list[Replica]) -> bool:
+        return not any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index]
+                       for m in members)
+
     def _repair(self, group: pipeline.PipelineGroup) -> None:
         """After a member died: every member's requests lost KV, so they start over elsewhere (or fail
         if they had produced tokens); the survivors reload the layers they had dropped and serve alone."""
@@ -403,7 +414,10 @@ class ElasticCluster:
         survivors = [m for m in group.members if m.alive]
         lost = LaneError(f"a member of pipeline group {group.owner} died")
         for member in survivors:
-            member.reload_layers()
+            try:
+                member.reload_layers()
+            except LaneError as exc:  # it died too, while idle
+                member.recover(exc)
         outputs: list[RequestOutput] = []
         for member in group.members:
             outputs += self._redispatch(member, lost)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from coserve.elastic.cluster import ElasticCluster, ElasticConfig
 from coserve.elastic.serving import ServedCluster
 from coserve.engine.config import EngineConfig
@@ -65,7 +63,10 @@ def build_clusters(placement: PlacementFile, backend: str = "process", strategy:
                    address: str | None = None, device: str | None = None) -> dict[str, ServedCluster]:
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or "cpu"
+    if device != "cpu":
+        raise ConfigError(f"replicas of a placement run on CPU only so far (their KV layers are host shared "
+                          f"memory), not on {device!r}; serve GPUs through a server config instead")
     copies = replicas_of(placement)
     for name, placed in copies.items():
         _check_servable(name, placed)

@@ -82,10 +82,15 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
         """200 while the engine thread serves; the body names replicas that are down ("degraded")."""
         if not async_engine.alive:
             return JSONResponse({"status": "down"}, status_code=503)
-        instances = {}
-        for engine in async_engine.engines.values():
+        instances, models_down = {}, []
+        for name, engine in async_engine.engines.items():
             if isinstance(engine, ServedCluster):
                 instances.update(engine.health())
+                if not engine.cluster.live_replicas():
+                    models_down.append(name)
+        if models_down:  # a balancer should stop sending here
+            return JSONResponse({"status": "down", "models_down": models_down, "instances": instances},
+                                status_code=503)
         status = "degraded" if any(state != "ok" for state in instances.values()) else "ok"
         return JSONResponse({"status": status, "instances": instances})
 
