@@ -199,3 +199,22 @@ def test_a_pipeline_member_dying_repairs_the_group_from_the_checkpoint(tiny):
         assert survivor.kv.pool.num_free_blocks == survivor.kv.pool.num_blocks
         cluster.add_request(prompts[0], GREEDY, "after")
         assert _finish(cluster, {})["after"].outputs[0].token_ids == want["0"]
+
+
+def test_swap_across_ray_keeps_outputs_and_frees_the_host_copy_of_an_aborted_request(tiny):
+    from coserve.distributed.ray_backend import RayBackend
+
+    config, prompts, want, budget = tiny
+    with ElasticCluster(config, ElasticConfig("swap", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        for i, prompt in enumerate(prompts):
+            cluster.add_request(prompt, GREEDY, str(i))
+        outputs: dict = {}
+        while not any(cluster.swapped.values()):
+            outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+        aborted = next(q[0].request.request_id for q in cluster.swapped.values() if q)
+        cluster.abort_request(aborted)
+        _finish(cluster, outputs)
+        assert {rid: o.outputs[0].token_ids for rid, o in outputs.items()} == {
+            rid: tokens for rid, tokens in want.items() if rid != aborted}
+        assert [ray.get(r.handle.host_copies.remote()) for r in cluster.replicas] == [0, 0]
+        assert cluster._pool.num_free_blocks == cluster._pool.num_blocks

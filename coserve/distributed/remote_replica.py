@@ -86,6 +86,10 @@ class RemoteLayerKV:
     def write(self, layers: list[int], pages: list[int], data: HostKVRef) -> None:
         self.replica.call("swap_in", data.key, layers, pages)
 
+    def discard(self, data: HostKVRef) -> None:
+        """Free a host copy that will never be written back (its request was aborted)."""
+        self.replica.handle.drop_host_copy.remote(data.key)
+
     def copy_to(self, other: RemoteLayerKV, layers: list[int], pages: list[int]) -> int:
         if not layers or not pages:
             return 0

@@ -125,6 +125,12 @@ class ReplicaWorker:
     def swap_in(self, key: int, layers: list[int], pages: list[int]) -> None:
         self.kv_cache.write(layers, pages, self._host.pop(key))
 
+    def drop_host_copy(self, key: int) -> None:
+        self._host.pop(key, None)
+
+    def host_copies(self) -> int:
+        return len(self._host)
+
     # -- layers ------------------------------------------------------------------------------------
 
     def drop_layer(self, index: int) -> None:

@@ -349,7 +349,7 @@ class ElasticCluster:
             queue = self.swapped[replica.index]
             while queue and replica.index not in self.batch_in_flight:
                 if queue[0].request.finished:  # aborted while on the host
-                    queue.popleft()
+                    replica.kv_cache.discard(queue.popleft().data)
                 elif kv_moves.swap_in(replica, queue[0], self.config.host_bytes_per_s):
                     queue.popleft()
                     self.events.swaps_in += 1

@@ -62,6 +62,9 @@ class LayerKV:
         for row, layer in enumerate(layers):
             self.buffers[layer].index_copy_(0, index, data[row])
 
+    def discard(self, data: torch.Tensor) -> None:
+        """A host copy from `read` that will never be written back (the tensor is freed with it)."""
+
     def copy_to(self, other: LayerKV, layers: list[int], pages: list[int]) -> int:
         """Copy these pages of these layers into `other` at the same ids; returns bytes moved."""
         if not layers or not pages:

@@ -51,6 +51,9 @@ class SimLayerKV:
     def write(self, layers: list[int], pages: list[int], data: HostKV) -> None:
         """Nothing to store: the pages' contents are never read in a simulation."""
 
+    def discard(self, data: HostKV) -> None:
+        """Nothing is stored."""
+
     def copy_to(self, other: SimLayerKV, layers: list[int], pages: list[int]) -> int:
         return len(layers) * len(pages) * self.page_bytes
 
