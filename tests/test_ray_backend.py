@@ -218,3 +218,37 @@ def test_swap_across_ray_keeps_outputs_and_frees_the_host_copy_of_an_aborted_req
             rid: tokens for rid, tokens in want.items() if rid != aborted}
         assert [ray.get(r.handle.host_copies.remote()) for r in cluster.replicas] == [0, 0]
         assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
+
+
+@pytest.mark.parametrize("moment", ["drop", "restore"])
+def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on(tiny, monkeypatch, moment):
+    from coserve.distributed.ray_backend import RayBackend
+    from coserve.elastic import pipeline
+
+    config, prompts, want, budget = tiny
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        survivor, victim = cluster.replicas
+        checksum = survivor.weights_checksum()
+        real, calls = getattr(pipeline, moment), []
+
+        def dying(*args):
+            calls.append(moment)
+            ray.kill(victim.handle, no_restart=True)
+            return real(*args)
+        monkeypatch.setattr(pipeline, moment, dying)
+        for i, prompt in enumerate(prompts):
+            cluster.add_request(prompt, GREEDY, str(i))
+        outputs = _finish(cluster, {})
+        cluster.step()  # an idle round: where a restore happens
+        outputs = _finish(cluster, outputs)
+        assert calls == [moment] and cluster.health()[victim.name] == "dead"
+        assert len(outputs) == len(prompts) and not cluster.groups and not cluster.repairs
+        for output in outputs.values():  # each finished whole and right, or failed naming the cause
+            if output.error is None:
+                assert output.outputs[0].token_ids == want[output.request_id]
+            else:
+                assert "died" in output.error or "down" in output.error
+        assert survivor.held_layers() == list(range(4)) and survivor.weights_checksum() == checksum
+        assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
+        cluster.add_request(prompts[0], GREEDY, "after")
+        assert _finish(cluster, {})["after"].outputs[0].token_ids == want["0"]

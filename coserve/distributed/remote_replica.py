@@ -94,8 +94,8 @@ class RemoteLayerKV:
         if not layers or not pages:
             return 0
         src, dst = self.replica, other.replica
-        src.wait_for([src.handle.send_kv.remote(layers, pages, dst.rank),
-                      dst.handle.recv_kv.remote(layers, pages, src.rank)])
+        transfer(src, dst, [src.handle.send_kv.remote(layers, pages, dst.rank),
+                            dst.handle.recv_kv.remote(layers, pages, src.rank)])
         return len(layers) * len(pages) * src.page_bytes_per_layer
 
 
@@ -208,10 +208,17 @@ class RemoteReplica(ReplicaMemory, EngineCore):
 
     def restore_layer(self, index: int, source: LayerOnPeer) -> int:
         src = source.holder
-        moved = self.wait_for([src.handle.send_layer.remote(index, self.rank),
-                               self.handle.recv_layer.remote(index, src.rank)])[1]
+        moved = transfer(src, self, [src.handle.send_layer.remote(index, self.rank),
+                                     self.handle.recv_layer.remote(index, src.rank)])[1]
         self.kv_cache.add_layer(index)
         return moved
+
+    def responds(self) -> bool:
+        try:
+            self.call("held_layers")
+        except LaneError as exc:
+            return not exc.dead
+        return True
 
     def reload_layers(self) -> None:
         """Take back every dropped layer from the checkpoint (the peer that held it is gone)."""
@@ -223,3 +230,15 @@ class RemoteReplica(ReplicaMemory, EngineCore):
 
     def close(self) -> None:
         ray.kill(self.handle, no_restart=True)
+
+
+def transfer(src: RemoteReplica, dst: RemoteReplica, refs: list):
+    """Wait for both halves of a worker-to-worker copy. If either worker died, the error says so
+    without guessing which (the cluster asks each replica whether it still responds)."""
+    try:
+        return ray.get(refs)
+    except RayActorError as exc:
+        logger.error("a copy from %s to %s failed: %s", src.name, dst.name, exc)
+        raise LaneError(f"a copy from {src.name} to {dst.name} failed: a worker died", dead=True) from exc
+    except RayError as exc:
+        raise LaneError(f"a copy from {src.name} to {dst.name} failed: {type(exc).__name__}") from exc

@@ -392,16 +392,37 @@ class ElasticCluster:
         if not self._quiet(members):
             return  # wait for the members' batches to come back
         self.transition = None
-        if kind == "drop":
-            group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
-            for member in members:
+        try:
+            if kind == "drop":
+                group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
+            else:
+                moved = pipeline.restore(group, self.config.peer_bytes_per_s)
+        except LaneError as exc:
+            self._transition_failed(members, exc)
+            return
+        for member in members:
+            if kind == "drop":
                 self.groups[member.index] = group
-            self.events.drops.append((now, [m.name for m in members], moved))
-        else:
-            moved = pipeline.restore(group, self.config.peer_bytes_per_s)
-            for member in members:
+            else:
                 del self.groups[member.index]
-            self.events.restores.append((now, [m.name for m in members], moved))
+        (self.events.drops if kind == "drop" else self.events.restores).append((now, [m.name for m in members], moved))
+
+    def _transition_failed(self, members: list[Replica], exc: LaneError) -> None:
+        """A member died during a drop or restore. Before a drop's bookkeeping the members are still
+        alone: the dead one is lost, survivors take back any layer they had already let go. A restore
+        leaves the group standing: the dead member is lost and the group repaired."""
+        logger.error("a transition of %s failed: %s", [m.name for m in members], exc)
+        for member in members:
+            if member.alive and not member.responds():
+                member.recover(LaneError(f"replica {member.name} is down", dead=True))
+        dead = [m for m in members if not m.alive]
+        if not dead:
+            raise exc  # not a death: nothing here knows how to undo it
+        for member in members:
+            if member.alive and member.index not in self.groups and len(member.held_layers()) < member.spec.num_layers:
+                member.reload_layers()
+        for member in dead:
+            self._orphans += self._lose(member, exc)
 
     def _quiet(self, members: list[Replica]) -> bool:
         return not any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index]

@@ -57,11 +57,13 @@ def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup
                 moved = member.kv_cache.copy_to(other.kv_cache, list(range(start, end)), pages)
                 other.stall_s += moved / link_bytes_per_s
                 exchanged += moved
-    pool = members[0].kv.pool
     for member, (start, end) in zip(members, ranges):
         for layer in member.held_layers():
             if not start <= layer < end:
                 member.drop_layer(layer)
+    # bookkeeping last: if a member dies above, the members are still alone and own their pages
+    pool = members[0].kv.pool
+    for member in members:
         for table in member.kv.block_tables.values():
             pool.transfer(table, member.name, group.owner)
         member.kv.owner = group.owner

@@ -75,6 +75,10 @@ class ReplicaMemory:
     def name(self) -> str:
         return self.config.name
 
+    def responds(self) -> bool:
+        """Whether the replica can still serve (a lane that died is replaced; a remote worker is not)."""
+        return True
+
     def pages_for(self, num_layers: int, weight_bytes: int) -> int:
         """Pages that fit beside `weight_bytes` of weights when each page spans `num_layers` layers."""
         return max(0, (self.budget - weight_bytes) // (num_layers * self.page_bytes_per_layer))
