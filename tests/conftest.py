@@ -39,3 +39,18 @@ def smollm2_llm():
     from coserve import LLM
 
     return LLM(SMOLLM2, kv_cache_memory_bytes=256 << 20)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Elastic-cluster tests: random:llama-tiny, 8 prompts, their greedy outputs served plainly, and a
+    replica budget of its weights plus 8 pages (two growing requests outgrow it)."""
+    from coserve.engine.config import EngineConfig
+
+    from .test_elastic import _budget, _prompts, _reference
+
+    config = EngineConfig(model="random:llama-tiny", max_num_seqs=8, max_num_batched_tokens=128)
+    prompts = _prompts(8, 256)
+    want, weight_bytes = _reference(config, prompts)
+    return config, prompts, want, _budget(weight_bytes, config, 4, 64, pages=8)
+

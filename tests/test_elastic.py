@@ -84,14 +84,6 @@ def test_drop_exchange_and_restore_keep_outputs_and_give_everything_back():
         _assert_all_back(cluster, checksums)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    config = EngineConfig(model="random:llama-tiny", max_num_seqs=8, max_num_batched_tokens=128)
-    prompts = _prompts(8, 256)
-    want, weight_bytes = _reference(config, prompts)
-    return config, prompts, want, _budget(weight_bytes, config, 4, 64, pages=8)
-
-
 @pytest.mark.parametrize("strategy", ["recompute", "swap", "migrate", "drop"])
 def test_every_strategy_keeps_outputs(tiny, strategy):
     config, prompts, want, budget = tiny

@@ -21,6 +21,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from coserve.elastic.layer_kv import HeldLayers
 from coserve.elastic.replica import PreparedBatch, ReplicaMemory, id_space_pages
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
@@ -59,25 +60,16 @@ class HostKVRef:
     nbytes: int
 
 
-class RemoteLayerKV:
-    """The KV arrays of a remote worker as `pipeline` and `kv_moves` use them: which layers it holds,
-    and copies that run on the workers (peer to peer, or to the worker's host memory)."""
+class RemoteLayerKV(HeldLayers):
+    """The KV arrays of a remote worker as `pipeline` and `kv_moves` use them: which layers it holds
+    (bookkeeping: the worker changes its arrays itself), and copies that run on the workers (peer to
+    peer, or to the worker's host memory)."""
 
     def __init__(self, replica: RemoteReplica, num_layers: int, block_size: int):
+        super().__init__(num_layers)
         self.replica = replica
         self.block_size = block_size
-        self._held = set(range(num_layers))
         self._keys = itertools.count()
-
-    def held_layers(self) -> list[int]:
-        return sorted(self._held)
-
-    def add_layer(self, index: int) -> None:
-        """Bookkeeping only: the worker already holds the layer's array."""
-        self._held.add(index)
-
-    def drop_layer(self, index: int) -> None:
-        self._held.discard(index)
 
     def read(self, layers: list[int], pages: list[int]) -> HostKVRef:
         key = next(self._keys)

@@ -19,6 +19,23 @@ def layer_page_bytes(spec: ModelSpec, block_size: int, dtype: torch.dtype) -> in
     return 2 * block_size * spec.kv_size * DTYPE_BYTES[dtype]
 
 
+class HeldLayers:
+    """Which layers' KV a replica holds, for replicas whose arrays live elsewhere or nowhere (a remote
+    worker's, a simulated replica's)."""
+
+    def __init__(self, num_layers: int):
+        self._held = set(range(num_layers))
+
+    def held_layers(self) -> list[int]:
+        return sorted(self._held)
+
+    def add_layer(self, index: int) -> None:
+        self._held.add(index)
+
+    def drop_layer(self, index: int) -> None:
+        self._held.discard(index)
+
+
 class LayerKV:
     def __init__(self, spec: ModelSpec, num_pages: int, block_size: int, dtype: torch.dtype, layers=None):
         self.spec = spec

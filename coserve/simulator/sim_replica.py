@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coserve.elastic.layer_kv import layer_page_bytes
+from coserve.elastic.layer_kv import HeldLayers, layer_page_bytes
 from coserve.elastic.replica import ReplicaMemory, id_space_pages
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
@@ -29,21 +29,12 @@ class HostKV:
     nbytes: int
 
 
-class SimLayerKV:
+class SimLayerKV(HeldLayers):
     """Which layers' KV a replica holds; reads and copies return the bytes they would move."""
 
     def __init__(self, spec: ModelSpec, block_size: int, dtype):
+        super().__init__(spec.num_layers)
         self.page_bytes = layer_page_bytes(spec, block_size, dtype)
-        self._held = set(range(spec.num_layers))
-
-    def held_layers(self) -> list[int]:
-        return sorted(self._held)
-
-    def add_layer(self, index: int) -> None:
-        self._held.add(index)
-
-    def drop_layer(self, index: int) -> None:
-        self._held.discard(index)
 
     def read(self, layers: list[int], pages: list[int]) -> HostKV:
         return HostKV(len(layers) * len(pages) * self.page_bytes)
