@@ -125,6 +125,11 @@ def test_killing_an_actor_leaves_the_server_up_and_reports_it():
         after = _complete_all(server)  # every new request goes to the live replica
         assert all(isinstance(text, str) and text for text in after)
         assert not victim.states and all(r.scheduler.num_running == 0 for r in cluster.replicas)
+        ray.kill(cluster.replicas[0].handle, no_restart=True)  # the last one: found dead by its next job
+        with pytest.raises(openai.APIError, match="down"):
+            client.completions.create(model="smol", prompt="The capital of France is", max_tokens=4)
+        health = httpx.get(server.url + "/health")
+        assert health.status_code == 503 and health.json()["models_down"] == ["smol"]
 
 
 def test_placement_asking_for_tensor_parallelism_is_refused_clearly():
