@@ -23,6 +23,7 @@ import numpy as np
 
 from coserve.costmodel.hardware import get_hardware
 from coserve.elastic import ElasticCluster, ElasticConfig
+from coserve.elastic.cluster import STRATEGIES
 from coserve.elastic.router import queued_pages
 from coserve.engine.config import EngineConfig
 from coserve.metrics.plots import plot_timelines
@@ -31,7 +32,6 @@ from coserve.simulator.elastic_replay import SimBackend, replay_elastic
 from coserve.workload import WorkloadRequest
 from coserve.workload.traces import load_trace
 
-STRATEGIES = ["recompute", "swap", "migrate", "drop"]
 MODEL = "qwen2.5-14b"
 # name -> (trace, window start in the trace's seconds, window length, upscale factor, output length
 # factor). Windows sit around each trace's busiest minutes; the factors put the KV demand of the burst

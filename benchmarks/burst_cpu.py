@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from coserve.elastic import ElasticCluster, ElasticConfig
+from coserve.elastic.cluster import STRATEGIES
 from coserve.engine.config import EngineConfig
 from coserve.metrics.plots import plot_timelines
 from coserve.sampling_params import SamplingParams
 from coserve.workload.traces import load_trace
 
-STRATEGIES = ["recompute", "swap", "migrate", "drop"]
 WEIGHT_BYTES = 538_164_480  # SmolLM2-135M in float32 (the engine logs it at load)
 PAGE_BYTES = 30 * 2 * 16 * 192 * 4  # one 16-token page over all 30 layers
 TRACE_OFFSET = 5100  # KunServe's AzureCode window

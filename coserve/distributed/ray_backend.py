@@ -27,7 +27,7 @@ from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import parse_dtype
-from coserve.execution.weights import load_model
+from coserve.execution.weights import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from coserve.elastic.cluster import ElasticConfig
@@ -86,6 +86,8 @@ class RayBackend:
 
     def __init__(self, slots: list[Slot] | None = None, address: str | None = None, num_cpus: int | None = None):
         connect(address, num_cpus)
+        self.local = single_host()  # the workers' traffic can stay on loopback
+        self._loaded: dict[tuple, LoadedModel] = {}  # layer 0 of each model: its spec and tokenizer
         self.slots = slots
         self._own_groups: list[PlacementGroup] = []
         self.replicas: list[RemoteReplica] = []
@@ -94,11 +96,14 @@ class RayBackend:
                      pool_for: Callable[[int], BlockPool], clock) -> RemoteReplica:
         slot = self._slot(index, engine_config)
         dtype = parse_dtype(engine_config.dtype)
-        loaded = load_model(engine_config.model, dtype=dtype, seed=engine_config.seed, layer_range=(0, 1))
+        key = (engine_config.model, engine_config.dtype, engine_config.seed)
+        if key not in self._loaded:
+            self._loaded[key] = load_model(engine_config.model, dtype=dtype, seed=engine_config.seed,
+                                           layer_range=(0, 1))
+        loaded = self._loaded[key]
         num_pages = id_space_pages(loaded.spec, engine_config.block_size, dtype, config.memory_budget_bytes,
                                    config.max_group_size)
-        local = single_host()
-        env = {"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}} if local else None
+        env = {"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}} if self.local else None
         handle = WorkerActor.options(
             num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, runtime_env=env,
             scheduling_strategy=PlacementGroupSchedulingStrategy(slot.group, placement_group_bundle_index=slot.bundle),
@@ -128,7 +133,7 @@ class RayBackend:
     def _join_group(self) -> None:
         """One gloo group over this cluster's workers (rank = replica index), rendezvous at rank 0."""
         first = self.replicas[0].handle
-        host = "127.0.0.1" if single_host() else ray.get(first.node_address.remote())
+        host = "127.0.0.1" if self.local else ray.get(first.node_address.remote())
         init_method = ray.get(first.rendezvous_address.remote(host))
         world = len(self.replicas)
         ray.get([r.handle.join_group.remote(init_method, r.rank, world) for r in self.replicas])

@@ -99,7 +99,6 @@ class RemoteReplica(ReplicaMemory, EngineCore):
     def __init__(self, config: EngineConfig, index: int, memory_budget_bytes: int, max_group_size: int,
                  pool_for: Callable[[int], BlockPool], clock, handle, describe: dict[str, int], loaded: LoadedModel):
         self.index = index
-        self.rank = index
         self.budget = memory_budget_bytes
         self.handle = handle
         self.dtype = parse_dtype(config.dtype)
@@ -119,6 +118,11 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         self.alive = True
         self._pending = None  # the running stage: (object ref, ends the model, seq)
         self._init_memory(self.weight_bytes)
+
+    @property
+    def rank(self) -> int:
+        """Its rank in the cluster's torch.distributed group: the replica index."""
+        return self.index
 
     def _forget(self, request_id: str) -> None:
         self.runner.sampler.forget(request_id)
@@ -184,9 +188,6 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         """A worker holds the only copy of its weights: it cannot be restarted from here."""
 
     # -- layers ------------------------------------------------------------------------------------
-
-    def weight_bytes_held(self) -> int:
-        return self.weight_bytes - (self.spec.num_layers - len(self.held_layers())) * self.layer_bytes
 
     def held_layers(self) -> list[int]:
         return self.kv_cache.held_layers()

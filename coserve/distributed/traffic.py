@@ -28,8 +28,8 @@ class Traffic:
 
 def traffic(spec: ModelSpec, dtype: torch.dtype) -> Traffic:
     width = DTYPE_BYTES[dtype]
-    kv_layer = 2 * spec.kv_size * width  # K and V
-    return Traffic(spec.hidden_size * width, kv_layer, kv_layer * spec.num_layers, spec.layer_params() * width)
+    return Traffic(spec.hidden_size * width, spec.kv_bytes_per_token(dtype, 1), spec.kv_bytes_per_token(dtype),
+                   spec.layer_params() * width)
 
 
 def _size(num_bytes: float) -> str:

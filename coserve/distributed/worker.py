@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from coserve.elastic.layer_kv import LayerKV, layer_page_bytes
-from coserve.elastic.replica import weights_checksum
+from coserve.elastic.replica import param_bytes, weights_checksum
 from coserve.engine.config import EngineConfig
 from coserve.engine.llm_engine import build_model, max_model_len_of
 from coserve.execution.attention import get_attention_backend
@@ -38,10 +38,6 @@ HIDDEN_TAG_BASE = 16  # + a stage's sequence number, so a receive matches exactl
 
 def hidden_tag(seq: int) -> int:
     return HIDDEN_TAG_BASE + seq % (1 << 24)
-
-
-def _param_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 class ReplicaWorker:
@@ -63,7 +59,7 @@ class ReplicaWorker:
     # -- set-up ----------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, int]:
-        return {"weight_bytes": _param_bytes(self.model), "layer_bytes": _param_bytes(self.model.layers[0]),
+        return {"weight_bytes": param_bytes(self.model), "layer_bytes": param_bytes(self.model.layers[0]),
                 "page_bytes_per_layer": layer_page_bytes(self.spec, self.config.block_size, self.dtype)}
 
     def rendezvous_address(self, host: str) -> str:
@@ -146,7 +142,7 @@ class ReplicaWorker:
         for tensor in layer.state_dict().values():
             dist.recv(tensor, src, tag=WEIGHTS_TAG)
         self._take_layer(index, layer)
-        return _param_bytes(layer)
+        return param_bytes(layer)
 
     def reload_layers(self) -> list[int]:
         """Load every missing layer from the checkpoint (a peer holding it is gone); returns them."""

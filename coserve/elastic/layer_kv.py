@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from coserve.execution.kv_cache import page_bytes
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec
 
 
 def layer_page_bytes(spec: ModelSpec, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of one page (K and V of `block_size` tokens) in one layer."""
-    return 2 * block_size * spec.kv_size * DTYPE_BYTES[dtype]
+    return page_bytes(spec, block_size, 1, dtype)
 
 
 class HeldLayers:

@@ -62,12 +62,9 @@ def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup
             if not start <= layer < end:
                 member.drop_layer(layer)
     # bookkeeping last: if a member dies above, the members are still alone and own their pages
-    pool = members[0].kv.pool
     for member in members:
-        for table in member.kv.block_tables.values():
-            pool.transfer(table, member.name, group.owner)
-        member.kv.owner = group.owner
-    pool.set_limit(group.owner, min(m.pages_for(end - start, m.weight_bytes_held())
+        _reown(member, member.name, group.owner)
+    members[0].kv.pool.set_limit(group.owner, min(m.pages_for(end - start, m.weight_bytes_held())
                                     for m, (start, end) in zip(members, ranges)))
     return group, exchanged
 
@@ -95,9 +92,13 @@ def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
 
 def dissolve(group: PipelineGroup) -> None:
     """Give every member its requests' pages back under its own name; the group owner holds none."""
-    pool = group.members[0].kv.pool
     for member in group.members:
-        for table in member.kv.block_tables.values():
-            pool.transfer(table, group.owner, member.name)
-        member.kv.owner = member.name
-    pool.set_limit(group.owner, 0)
+        _reown(member, group.owner, member.name)
+    group.members[0].kv.pool.set_limit(group.owner, 0)
+
+
+def _reown(member: Replica, src: str, dst: str) -> None:
+    """Move the member's requests' pages from pool owner `src` to `dst`; it allocates as `dst` from now."""
+    for table in member.kv.block_tables.values():
+        member.kv.pool.transfer(table, src, dst)
+    member.kv.owner = dst

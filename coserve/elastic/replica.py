@@ -34,7 +34,7 @@ from coserve.execution.models.llama import LlamaLayer
 from coserve.execution.models.spec import ModelSpec
 
 
-def _param_bytes(module: torch.nn.Module) -> int:
+def param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
@@ -60,6 +60,7 @@ class ReplicaMemory:
     index: int
     budget: int
     alive = True  # False once the replica is gone for good (a remote worker that died)
+    weight_bytes: int  # the whole model's weights
     layer_bytes: int  # one decoder layer's weights
     page_bytes_per_layer: int
 
@@ -74,6 +75,10 @@ class ReplicaMemory:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def weight_bytes_held(self) -> int:
+        """Its whole model's weights (`weight_bytes`) less the decoder layers it dropped."""
+        return self.weight_bytes - (self.spec.num_layers - len(self.held_layers())) * self.layer_bytes
 
     def responds(self) -> bool:
         """Whether the replica can still serve (a lane that died is replaced; a remote worker is not)."""
@@ -101,7 +106,7 @@ class Replica(ReplicaMemory, LLMEngine):
         self._max_group_size = max_group_size
         self._pool_for = pool_for
         super().__init__(config, clock)
-        self.layer_bytes = _param_bytes(self.model.layers[0])
+        self.layer_bytes = param_bytes(self.model.layers[0])
         self.page_bytes_per_layer = layer_page_bytes(self.spec, self.kv.block_size, self.dtype)
         self._init_memory(self.weight_bytes)
         self.model.share_memory()  # the lane reads these weights; it does not copy them
@@ -120,9 +125,6 @@ class Replica(ReplicaMemory, LLMEngine):
         blocks = self._pool_for(id_space_pages(spec, config.block_size, self.dtype, self.budget, self._max_group_size))
         kv_cache = LayerKV(spec, blocks.num_blocks, config.block_size, self.dtype)
         return kv_cache, KVCacheManager(blocks, config.block_size, owner=config.name)
-
-    def weight_bytes_held(self) -> int:
-        return _param_bytes(self.model)
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class Replica(ReplicaMemory, LLMEngine):
         self.kv_cache.add_layer(index)
         self.model.set_layer(index, layer)
         self.lane.set_layer(SetLayer(self.name, index, layer, self.kv_cache.layers[index]))
-        return _param_bytes(layer)
+        return param_bytes(layer)
 
     def layer(self, index: int) -> LlamaLayer:
         return self.model.layers[index - self.model.start]

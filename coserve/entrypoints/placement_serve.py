@@ -17,8 +17,8 @@ from coserve.engine.config import EngineConfig
 from coserve.entrypoints.serve_config import ModelDeployment, ServerConfig
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import parse_dtype
-from coserve.execution.weights import load_model
 from coserve.placement.placement_file import PlacedMesh, PlacedModel, PlacementFile
+from coserve.placement.shapes import model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def engine_config_for(name: str, placed: PlacedModel, device: str) -> EngineConf
 
 def _budget(placed_copies: list[PlacedModel], engine_config: EngineConfig) -> int:
     """Weights plus the smallest KV quota among the copies (the cluster gives every replica one budget)."""
-    spec = load_model(engine_config.model, layer_range=(0, 1), tokenizer=False).spec
+    spec = model_spec(engine_config.model, engine_config.name)
     return spec.param_bytes(parse_dtype(engine_config.dtype)) + min(p.kv_quota_bytes for p in placed_copies)
 
 
@@ -80,7 +80,7 @@ def build_clusters(placement: PlacementFile, backend: str = "process", strategy:
                                    memory_budget_bytes=_budget([p for _, p in placed], engine_config))
             replica_backend = None
             if backend == "ray":
-                replica_backend = _ray_backend(placed, groups, device)
+                replica_backend = _ray_backend(placed, groups)
             clusters[name] = ServedCluster(ElasticCluster(engine_config, config, backend=replica_backend),
                                            on_close=release)
             logger.info("%s: %d replicas (meshes %s), %s, %s backend", name, len(placed),
@@ -121,14 +121,13 @@ def _mesh_groups(placement: PlacementFile, device: str, address: str | None) -> 
     return {mesh.id: mesh_group(len(mesh.gpus), device, f"mesh{mesh.id}") for mesh in placement.meshes if mesh.models}
 
 
-def _ray_backend(copies: list[tuple[PlacedMesh, PlacedModel]], groups: dict, device: str):
+def _ray_backend(copies: list[tuple[PlacedMesh, PlacedModel]], groups: dict):
     from coserve.distributed.ray_backend import RayBackend, Slot
 
     slots = []
     for mesh, _ in copies:
         share = 1.0 / len(mesh.models)  # colocated models split the mesh's first bundle
-        cuda = device.startswith("cuda")
-        slots.append(Slot(groups[mesh.id], 0, num_cpus=share, num_gpus=share if cuda else 0.0))
+        slots.append(Slot(groups[mesh.id], 0, num_cpus=share))
     return RayBackend(slots)
 
 

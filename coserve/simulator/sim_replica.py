@@ -70,13 +70,10 @@ class SimReplica(ReplicaMemory, EngineCore):
         self.kv_cache = SimLayerKV(spec, config.block_size, self.dtype)
         self.layer_bytes = spec.layer_params() * DTYPE_BYTES[self.dtype]
         self.page_bytes_per_layer = self.kv_cache.page_bytes
-        self._init_memory(spec.param_bytes(self.dtype))
+        self.weight_bytes = spec.param_bytes(self.dtype)
+        self._init_memory(self.weight_bytes)
 
     # -- memory and layers -----------------------------------------------------------------------
-
-    def weight_bytes_held(self) -> int:
-        dropped = self.spec.num_layers - len(self.held_layers())
-        return self.spec.param_bytes(self.dtype) - dropped * self.layer_bytes
 
     def held_layers(self) -> list[int]:
         return self.kv_cache.held_layers()
