@@ -22,6 +22,14 @@ def test_held_pages_stay_needs_are_met_and_the_rest_follows_demand():
     assert quotas == {"a": 10 + 2 + 17, "b": 5 + 6, "c": 0}
 
 
+@given(st.integers(0, 50), st.integers(0, 50), st.floats(0, 5), st.one_of(st.none(), st.integers(0, 60)))
+def test_a_lone_model_may_hold_the_whole_pool_up_to_its_cap(used, needed, pressure, cap):
+    pages = 50
+    limits = {} if cap is None else {"only": max(cap, used)}  # a cap never sits below what is held
+    quotas = adapt_quotas([load("only", used, needed, pressure)], pages, {"only": 1.0}, limits)
+    assert quotas == {"only": min(pages, limits.get("only", pages))}
+
+
 def test_a_model_missing_its_slo_gets_scarce_pages_first():
     loads = [load("meeting", needed=6, pressure=0.4, arrival=1.0), load("missing", needed=6, pressure=2.5,
                                                                       arrival=9.0)]

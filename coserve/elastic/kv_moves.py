@@ -50,12 +50,12 @@ def move_request(src: Replica, dst: Replica, request: Request) -> None:
     """Hand a request (state, place in the running batch, pages and sampler) from one replica to
     another; its KV must already be on `dst` at the same page ids."""
     rid = request.request_id
-    state = src.states.pop(rid)
+    state = src.release_state(rid)
     src.scheduler.running.remove(request)
     table = src.kv.block_tables.pop(rid)
     src.kv.pool.transfer(table, src.kv.owner, dst.kv.owner)
     dst.kv.block_tables[rid] = table
-    dst.states[rid] = state
+    dst.adopt_state(state)
     dst.scheduler.running.append(request)
     src.hand_over(rid, dst)
 

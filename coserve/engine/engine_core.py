@@ -6,6 +6,7 @@ instead. Both go through this code, so a simulated device schedules exactly as a
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import time
@@ -45,7 +46,13 @@ class EngineCore:
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    config.long_prefill_token_threshold), kv)
         self.states: dict[str, RequestState] = {}
+        # what the SLO signal reads, kept as requests come and go so that reading it costs the
+        # decoding batch, not the queue: states with a first token, and a heap of the others by
+        # arrival (entries of requests that got a token or left are skipped when read)
+        self.decoding: dict[str, RequestState] = {}
+        self._without_token: list[tuple[float, int, RequestState]] = []
         self._ids = itertools.count()
+        self._heap_seq = itertools.count()
         # False: a step reports finished requests only (offline batch runs, the simulator), which
         # spares copying every request's growing token list on every step
         self.stream_outputs = True
@@ -86,9 +93,32 @@ class EngineCore:
         request = Request(request_id, token_ids, params, eos_token_ids=self.eos_token_ids,
                           max_model_len=self.max_model_len)
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
-        self.states[request_id] = RequestState(request, text, detokenizer, RequestMetrics(self.clock()))
+        self.adopt_state(RequestState(request, text, detokenizer, RequestMetrics(self.clock())))
         self.scheduler.add_request(request)
         return request_id
+
+    def adopt_state(self, state: RequestState) -> None:
+        """Track a request's state here (a new request, or one handed over by another replica)."""
+        self.states[state.request.request_id] = state
+        if state.metrics.token_times:
+            self.decoding[state.request.request_id] = state
+        else:
+            heapq.heappush(self._without_token, (state.metrics.arrival_time, next(self._heap_seq), state))
+
+    def release_state(self, request_id: str) -> RequestState:
+        """Stop tracking a request that leaves (retired, aborted, or handed to another replica)."""
+        self.decoding.pop(request_id, None)
+        return self.states.pop(request_id)
+
+    def oldest_without_token(self) -> float | None:
+        """Arrival time of the earliest request here that has no output token yet."""
+        heap = self._without_token
+        while heap:
+            state = heap[0][2]
+            if not state.metrics.token_times and self.states.get(state.request.request_id) is state:
+                return heap[0][0]
+            heapq.heappop(heap)
+        return None
 
     def prompt_token_ids_of(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a text or id-list prompt, checked against the vocabulary (InvalidRequestError)."""
@@ -136,8 +166,8 @@ class EngineCore:
         return frozenset(i for i in ids if i is not None)
 
     def abort_request(self, request_id: str) -> None:
-        state = self.states.pop(request_id, None)
-        if state is not None:
+        if request_id in self.states:
+            state = self.release_state(request_id)
             self.scheduler.finish_request(state.request, RequestStatus.FINISHED_ABORTED)
             self._forget(request_id)
 
@@ -184,7 +214,9 @@ class EngineCore:
     def _on_token(self, request_id: str, token: int, now: float) -> RequestState:
         state = self.states[request_id]
         metrics = state.metrics
-        metrics.first_token_time = metrics.first_token_time or now
+        if not metrics.token_times:
+            metrics.first_token_time = now
+            self.decoding[request_id] = state
         metrics.last_token_time = now
         metrics.token_times.append(now)
         stop = state.detokenizer.add_tokens([token])
@@ -196,7 +228,7 @@ class EngineCore:
         return state
 
     def _retire(self, request_id: str, now: float) -> None:
-        state = self.states.pop(request_id)
+        state = self.release_state(request_id)
         state.metrics.finished_time = now
         self._forget(request_id)
 

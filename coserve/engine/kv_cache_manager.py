@@ -23,9 +23,11 @@ class KVCacheManager:
 
     def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
         """Make room for `num_new_tokens` more tokens; False (nothing taken) if the pool is short."""
-        needed = self.blocks_needed(request, num_new_tokens)
-        table = self.block_tables.setdefault(request.request_id, [])
-        if needed == 0:
+        table = self.block_tables.get(request.request_id)
+        if table is None:
+            table = self.block_tables[request.request_id] = []
+        needed = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size) - len(table)
+        if needed <= 0:
             return True
         blocks = self.pool.allocate(needed, self.owner)
         if blocks is None:

@@ -7,6 +7,7 @@ these snapshots and nothing else, so both stay plain decisions that a simulator 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from coserve.engine.kv_cache_manager import cdiv
@@ -31,49 +32,88 @@ class ModelLoad:
         return self.slo_pressure >= 1.0
 
 
+class LiveLoad(ModelLoad):
+    """`observe`'s answer: ModelLoad's fields, those that walk the model's requests computed when
+    first read. A device holding one model never reads them (its quota and its lanes are its own
+    whatever they say), so its per-step cost does not grow with its batch. Read it before the
+    engine changes again: it is a view of the engine at `now`, not a copy."""
+
+    def __init__(self, name: str, engine: LLMEngine, slo: SLO | None, now: float):
+        scheduler = engine.scheduler
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "has_work", scheduler.has_unfinished_requests())
+        object.__setattr__(self, "used_pages", engine.kv.pool.used_by.get(engine.kv.owner, 0))
+        object.__setattr__(self, "_source", (engine, slo, now))
+
+    @cached_property
+    def _running(self) -> tuple[bool, int]:
+        return _running_work(self._source[0])
+
+    @cached_property
+    def _latency(self) -> tuple[float, float]:
+        return _latency(*self._source)
+
+    @property
+    def has_prefill(self) -> bool:
+        return bool(self._source[0].scheduler.waiting) or self._running[0]
+
+    @property
+    def needed_pages(self) -> int:
+        return self._source[0].scheduler.num_waiting_pages + self._running[1]
+
+    @property
+    def oldest_arrival(self) -> float:
+        return self._latency[0]
+
+    @property
+    def slo_pressure(self) -> float:
+        return self._latency[1]
+
+
 def observe(name: str, engine: LLMEngine, slo: SLO | None, now: float) -> ModelLoad:
-    scheduler = engine.scheduler
-    prefill = bool(scheduler.waiting) or any(r.num_computed_tokens < r.num_prompt_tokens for r in scheduler.running)
-    # states are kept in order of arrival (one clock stamps them), so the first is the oldest
-    oldest = next(iter(engine.states.values())).metrics.arrival_time if engine.states else float("inf")
-    return ModelLoad(name, prefill, scheduler.has_unfinished_requests(), oldest,
-                     used_pages=engine.kv.pool.used_by.get(engine.kv.owner, 0),
-                     needed_pages=_needed_pages(engine),
-                     slo_pressure=slo_pressure(engine, slo, now))
+    """A snapshot of one model: one pass over its running batch and one over its decoding requests,
+    when read (the queue enters through counts kept as it changes: it can be thousands long)."""
+    return LiveLoad(name, engine, slo, now)
 
 
-def _needed_pages(engine: LLMEngine) -> int:
-    """Pages the next step would allocate if every queued request were admitted.
+def _running_work(engine: LLMEngine) -> tuple[bool, int]:
+    """Whether a running request still has prompt to compute, and the pages the running requests
+    need for their next token.
 
-    Only what is certain counts (prompts, and one more token per running request), not the
-    max_tokens a request may never reach: reserving for the worst case would idle pages that
-    other models can use now.
+    Only what is certain counts (prompts, and one more token per request), not the max_tokens a
+    request may never reach: reserving for the worst case would idle pages that other models can
+    use now. Queued requests count the same way, through the scheduler's `num_waiting_pages`.
     """
-    kv = engine.kv
-    size = kv.block_size
-    needed = sum(cdiv(r.num_tokens, size) for r in engine.scheduler.waiting)
+    size, tables = engine.kv.block_size, engine.kv.block_tables
+    prefill, needed = False, 0
     for request in engine.scheduler.running:
-        held = len(kv.block_tables.get(request.request_id, ()))
-        needed += max(0, cdiv(request.num_tokens + 1, size) - held)
-    return needed
+        prefill = prefill or request.num_computed_tokens < len(request.prompt_token_ids)
+        needed += max(0, cdiv(request.num_tokens + 1, size) - len(tables.get(request.request_id, ())))
+    return prefill, needed
 
 
-def slo_pressure(engine: LLMEngine, slo: SLO | None, now: float) -> float:
-    """How far the worst request of this model is through its latency budget (1.0 = at the limit).
+def _latency(engine: LLMEngine, slo: SLO | None, now: float) -> tuple[float, float]:
+    """The arrival of the oldest unfinished request (inf if none), and the SLO pressure: how far the
+    worst request is through its latency budget (1.0 = at the limit).
 
     TTFT: time waited so far by requests without a first token, over the TTFT target. TPOT: the
     mean time per output token a decoding request would have if its next token came now, over the
     TPOT target (so a stalled request counts at once). Both read the live requests only, so the
     signal needs no averaging window and reacts within one step.
     """
-    if slo is None:
-        return 0.0
-    pressure = 0.0
-    for state in engine.states.values():
+    waiting_since = engine.oldest_without_token()
+    oldest = float("inf") if waiting_since is None else waiting_since
+    tpot_ms = slo.tpot_ms if slo is not None else None
+    worst_tpot = 0.0
+    for state in engine.decoding.values():
         metrics = state.metrics
-        times = metrics.token_times
-        if not times and slo.ttft_ms:
-            pressure = max(pressure, (now - metrics.arrival_time) * 1000 / slo.ttft_ms)
-        elif times and slo.tpot_ms:
-            pressure = max(pressure, (max(now, times[-1]) - times[0]) / len(times) * 1000 / slo.tpot_ms)
-    return pressure
+        oldest = min(oldest, metrics.arrival_time)
+        if tpot_ms:
+            times = metrics.token_times
+            worst_tpot = max(worst_tpot, (max(now, times[-1]) - times[0]) / len(times))
+    pressure = 0.0
+    if slo is not None and slo.ttft_ms and waiting_since is not None:
+        pressure = (now - waiting_since) * 1000 / slo.ttft_ms
+    if tpot_ms:
+        pressure = max(pressure, worst_tpot * 1000 / tpot_ms)
+    return oldest, pressure

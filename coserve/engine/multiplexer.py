@@ -45,6 +45,8 @@ class Multiplexer:
         ready = [load for load in loads if load.has_work and lane in self.lanes_of(load.name)]
         if not ready:
             return None
+        if len(self.models) == 1:  # every policy picks a lone model (and its round-robin cursor stays 0)
+            return ready[0].name
         if self.policy == "temporal":
             return min(ready, key=lambda load: load.oldest_arrival).name
         if self.policy == "mux":

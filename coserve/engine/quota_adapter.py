@@ -24,6 +24,9 @@ def adapt_quotas(loads: list[ModelLoad], num_pages: int, demand: dict[str, float
                  limits: dict[str, int] | None = None) -> dict[str, int]:
     """New quotas; `limits` are fixed caps (configured slices) no quota may exceed."""
     limits = limits or {}
+    if len(loads) == 1:  # what the rounds below come to for a lone model, without reading its needs
+        (load,) = loads
+        return {load.name: min(num_pages, max(load.used_pages, limits.get(load.name, num_pages)))}
     quotas = {load.name: load.used_pages for load in loads}
 
     def room(name: str) -> int:

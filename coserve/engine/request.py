@@ -19,11 +19,12 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in FINISHED
+        return self._value_ in _FINISHED_VALUES  # by value: an Enum member hashes in Python, a str in C
 
 
 FINISHED = {RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
             RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR}
+_FINISHED_VALUES = frozenset(status.value for status in FINISHED)
 
 
 @dataclass(eq=False)
@@ -38,14 +39,16 @@ class Request:
     num_computed_tokens: int = 0
     num_preemptions: int = 0
     stop_reason: int | str | None = None
+    # prompt plus output tokens; kept as a field because the scheduler reads it several times
+    # per request per step (output tokens are only added through append_token)
+    num_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_tokens = len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
     def num_output_tokens(self) -> int:
@@ -53,7 +56,7 @@ class Request:
 
     @property
     def finished(self) -> bool:
-        return self.status.finished
+        return self.status._value_ in _FINISHED_VALUES
 
     @property
     def finish_reason(self) -> str | None:
@@ -67,6 +70,7 @@ class Request:
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
+        self.num_tokens += 1
         self.status = self._stop_status(token_id) or self.status
 
     def _stop_status(self, token_id: int) -> RequestStatus | None:

@@ -7,6 +7,7 @@ end and lets every device react, so no scheduling decision is made here.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,8 +97,9 @@ class SimCluster:
         pending = deque(sorted(requests, key=lambda r: r.arrival_time))
         inbox: dict[str, list[WorkloadRequest]] = {name: [] for name in self.devices}
         records: dict[str, RequestRecord] = {}
+        ends: list[tuple[float, str]] = []  # (next job end, device); stale entries are skipped
         while True:
-            woken = {name for name, e in self.executors.items() if e.has_due_events()}
+            woken = self._due_devices(ends)
             for name in woken:
                 self._record(self.devices[name].collect(), records)
             while pending and pending[0].arrival_time <= self.clock.now:
@@ -112,7 +114,10 @@ class SimCluster:
                     self._admit(self.devices[name], request, records)
                 inbox[name].clear()
                 self._record(self.devices[name].dispatch(), records)
-            upcoming = [t for e in self.executors.values() if (t := e.next_event_time()) is not None]
+                end = self.executors[name].next_event_time()
+                if end is not None:
+                    heapq.heappush(ends, (end, name))
+            upcoming = [ends[0][0]] if ends else []
             if pending:
                 upcoming.append(pending[0].arrival_time)
             if not upcoming:
@@ -122,6 +127,17 @@ class SimCluster:
         if stuck:
             raise RuntimeError(f"devices {stuck} hold requests that can never be scheduled")
         return list(records.values())
+
+    def _due_devices(self, ends: list[tuple[float, str]]) -> set[str]:
+        """Devices with a job ending by now, and `ends` cleared of entries that no longer hold (a
+        job's end moves when lanes start or stop beside it; every change pushes a new entry)."""
+        due = set()
+        while ends and (ends[0][0] <= self.clock.now
+                        or self.executors[ends[0][1]].next_event_time() != ends[0][0]):
+            _, name = heapq.heappop(ends)
+            if self.executors[name].has_due_events():
+                due.add(name)
+        return due
 
     def _route(self, request: WorkloadRequest, inbox: dict[str, list[WorkloadRequest]]) -> str:
         """The replica of the request's model with the fewest requests, queued or admitted."""
