@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
-from coserve.simulator.cli import simulate_placement
+from coserve.simulator.cli import simulate_args, simulate_placement
 
 PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
 POLICIES = {"mux": ("greedy", "mux"), "temporal": ("greedy", "temporal"), "spatial": ("spatial", "mux")}
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.9, 1.3, 1.7, 2.1])
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25])
     parser.add_argument("--duration", type=float, default=10.0, help="simulated seconds of arrivals per point")
+    parser.add_argument("--workers", type=int, default=2, help="processes per simulation (independent meshes)")
     parser.add_argument("--output", default="results/muxserve_eval.json")
     args = parser.parse_args()
 
@@ -50,10 +51,8 @@ def main() -> None:
             place(alpha, strategy, paths[strategy])
         for scale in args.scales:
             for policy, (strategy, sim_policy) in POLICIES.items():
-                sim_args = argparse.Namespace(placement=str(paths[strategy]), policy=sim_policy,
-                                              duration=args.duration, rate_scale=scale, dataset="sharegpt-lengths",
-                                              max_input_len=1024, max_output_len=1024, seed=0, output=None)
-                r = simulate_placement(sim_args)
+                r = simulate_placement(simulate_args(str(paths[strategy]), policy=sim_policy, duration=args.duration,
+                                                     rate_scale=scale, workers=args.workers))
                 results.setdefault(str(alpha), {}).setdefault(policy, {})[str(scale)] = {
                     "req_s": r["request_throughput"], "slo_attainment": r["slo_attainment"] or 0.0,
                     "wall_s": r["wall_seconds"]}

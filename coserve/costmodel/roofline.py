@@ -55,14 +55,14 @@ def prefill_seconds(spec: ModelSpec, dtype: str, hw: HardwareSpec, num_tokens: i
                     share: float = 1.0, tp: int = 1, pp: int = 1, layers: LayerRange | None = None) -> float:
     """Duration of a prefill job of `num_tokens` tokens, each over `context` earlier ones."""
     costs = stage_costs(spec, dtype, hw, num_tokens, context, 0.0, tp, pp, layers)
-    return _duration(costs, spec, dtype, hw, num_tokens, share, pp)
+    return pipeline_seconds(costs, spec, dtype, hw, num_tokens, share)
 
 
 def decode_seconds(spec: ModelSpec, dtype: str, hw: HardwareSpec, batch: int, context: float,
                    share: float = 1.0, tp: int = 1, pp: int = 1, layers: LayerRange | None = None) -> float:
     """Duration of one decode step of `batch` sequences with `context` cached tokens each."""
     costs = stage_costs(spec, dtype, hw, batch, context, batch * context, tp, pp, layers)
-    return _duration(costs, spec, dtype, hw, batch, share, pp)
+    return pipeline_seconds(costs, spec, dtype, hw, batch, share)
 
 
 def prefill_cost(spec: ModelSpec, dtype: str, hw: HardwareSpec, num_tokens: int, context: float = 0.0,
@@ -149,12 +149,13 @@ def _stage_cost(spec: ModelSpec, dtype: str, hw: HardwareSpec, num_tokens: float
     return JobCost(flops, memory, comm)
 
 
-def _duration(costs: list[JobCost], spec: ModelSpec, dtype: str, hw: HardwareSpec, num_tokens: float,
-              share: float, pp: int) -> float:
+def pipeline_seconds(costs: list[JobCost], spec: ModelSpec, dtype: str, hw: HardwareSpec, num_tokens: float,
+                     share: float) -> float:
+    """A job through its stages one after the other, with one send of its hidden states between two."""
     if not 0 < share <= 1:
         raise ConfigError(f"lane share must be in (0, 1], got {share}")
     hidden_bytes = num_tokens * spec.hidden_size * DTYPE_BYTES[parse_dtype(dtype)]
-    return sum(c.seconds(hw, dtype, share) for c in costs) + (pp - 1) * send_seconds(hw, hidden_bytes)
+    return sum(c.seconds(hw, dtype, share) for c in costs) + (len(costs) - 1) * send_seconds(hw, hidden_bytes)
 
 
 def _check(spec: ModelSpec, num_tokens: float, context: float, tp: int, pp: int) -> None:

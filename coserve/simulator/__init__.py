@@ -7,9 +7,9 @@ model how long it would take, and the clock jumps to the next finish or arrival.
 
 from coserve.simulator.clock import VirtualClock
 from coserve.simulator.cluster import SimCluster, SimDeviceSpec, SimModel
-from coserve.simulator.cost import BatchShape, RooflineCost, batch_shape
+from coserve.simulator.cost import BatchShape, MeshModel, RooflineCost, batch_shape
 from coserve.simulator.lanes import SimulatedLanes
 from coserve.simulator.sim_engine import SimEngine
 
-__all__ = ["BatchShape", "RooflineCost", "SimCluster", "SimDeviceSpec", "SimEngine", "SimModel", "SimulatedLanes",
-           "VirtualClock", "batch_shape"]
+__all__ = ["BatchShape", "MeshModel", "RooflineCost", "SimCluster", "SimDeviceSpec", "SimEngine", "SimModel",
+           "SimulatedLanes", "VirtualClock", "batch_shape"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,11 +17,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=["mux", "temporal", "spatial"], default="mux")
     parser.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply every model's rate")
-    parser.add_argument("--dataset", default="sharegpt-lengths")
+    parser.add_argument("--dataset", default="sharegpt-lengths", help="a length table or trace, or `random`")
+    parser.add_argument("--input-len", type=int, default=1024, help="`random`: mean prompt length")
+    parser.add_argument("--output-len", type=int, default=128, help="`random`: mean output length")
+    parser.add_argument("--range-ratio", type=float, default=0.0, help="`random`: lengths uniform in len x [1-r, 1+r]")
     parser.add_argument("--max-input-len", type=int, default=1024)
     parser.add_argument("--max-output-len", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for devices that share no model (default: one per core)")
     parser.add_argument("--output", help="write the metrics as JSON here")
+
+
+def simulate_args(placement: str, **overrides) -> argparse.Namespace:
+    """The arguments of `coserve simulate PLACEMENT` with its defaults, some overridden (for scripts)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([placement])
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise TypeError(f"coserve simulate has no option {name!r}")
+        setattr(args, name, value)
+    return args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,27 +58,31 @@ def run(args: argparse.Namespace) -> int:
 def simulate_placement(args: argparse.Namespace) -> dict:
     from coserve.metrics import compute_metrics, format_table
     from coserve.placement.placement_file import load_placement
-    from coserve.simulator.cluster import SimCluster
     from coserve.simulator.from_placement import devices_from_placement, placement_slos, roofline_factory
+    from coserve.simulator.partition import simulate_in_parallel
     from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
     if args.duration <= 0 or args.rate_scale <= 0:
         raise ValueError("--duration and --rate-scale must be positive")
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
     placement = load_placement(args.placement)
     devices = devices_from_placement(placement, args.policy)
     rates = {m.name: m.rate * args.rate_scale for m in placement.models if m.rate > 0 and m.replicas}
     total = sum(rates.values())
-    lengths = LengthSpec(args.dataset, max_input_len=args.max_input_len, max_output_len=args.max_output_len)
+    lengths = LengthSpec(args.dataset, args.input_len, args.output_len, args.range_ratio,
+                         max_input_len=args.max_input_len, max_output_len=args.max_output_len)
     spec = WorkloadSpec(tuple(rates), max(1, round(total * args.duration)), model_rates=tuple(rates.values()),
                         seed=args.seed, lengths=lengths)
-    cluster = SimCluster(devices, roofline_factory(placement))
+    requests = generate_workload(spec)
     started = time.perf_counter()
-    records = cluster.run(generate_workload(spec))  # each request to the least-loaded replica
+    # each request to the least-loaded replica of its model
+    records, end = simulate_in_parallel(devices, roofline_factory(placement), requests, args.workers)
     wall = time.perf_counter() - started
     slos = placement_slos(placement)
     metrics = compute_metrics(records, slos, models=tuple(rates))
     overall = metrics.overall
-    return {"table": format_table(metrics, "Simulated serving"), "simulated_seconds": cluster.clock.now,
+    return {"table": format_table(metrics, "Simulated serving"), "simulated_seconds": end,
             "wall_seconds": wall, "num_requests": len(records), "num_devices": len(devices),
             "policy": args.policy, "request_throughput": overall.request_throughput,
             "output_throughput": overall.output_throughput, "slo_attainment": overall.slo_attainment,

@@ -8,11 +8,11 @@ answer `cost(model, part, lane) -> seconds`, the question `SimulatedLanes` asks.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coserve.costmodel.hardware import HardwareSpec
-from coserve.costmodel.roofline import stage_costs
+from coserve.costmodel.roofline import pipeline_seconds, stage_costs
 from coserve.engine.scheduler import ScheduledRequest
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import ModelSpec
@@ -45,13 +45,24 @@ def batch_shape(part: list[ScheduledRequest]) -> BatchShape:
     return BatchShape(tokens, sampled, pairs, kv_read)
 
 
+@dataclass(frozen=True)
+class MeshModel:
+    """A model as a mesh runs it: `tp` devices per stage, `pp` stages."""
+
+    spec: ModelSpec
+    dtype: str
+    tp: int = 1
+    pp: int = 1
+
+
 class RooflineCost:
     """max(FLOPs / peak, bytes / bandwidth) of the whole batch on the lane's share of the device.
 
-    `models`: name -> (spec, dtype, tensor degree); a lane share above 1 counts as the whole device.
+    Each of a model's pipeline stages runs in turn on the lane's share of its devices, with a send
+    of the hidden states between stages; a lane share above 1 counts as the whole device.
     """
 
-    def __init__(self, models: dict[str, tuple[ModelSpec, str, int]], hw: HardwareSpec, lane_shares: list[float]):
+    def __init__(self, models: dict[str, MeshModel], hw: HardwareSpec, lane_shares: list[float]):
         self.models = models
         self.hw = hw
         self.lane_shares = lane_shares
@@ -61,19 +72,21 @@ class RooflineCost:
 
     def seconds(self, model: str, shape: BatchShape, share: float, layers: tuple[int, int] | None = None) -> float:
         """The batch through `layers` (all of them by default) on `share` of the device."""
-        spec, dtype, tp = self.models[model]
+        m = self.models[model]
         context = shape.attention_pairs / shape.tokens
-        (cost,) = stage_costs(spec, dtype, self.hw, shape.tokens, context, shape.kv_read, tp, 1, layers)
-        return cost.seconds(self.hw, dtype, min(1.0, share))
+        costs = stage_costs(m.spec, m.dtype, self.hw, shape.tokens, context, shape.kv_read, m.tp, m.pp, layers)
+        return pipeline_seconds(costs, m.spec, m.dtype, self.hw, shape.tokens, min(1.0, share))
 
 
 @dataclass(frozen=True)
 class FittedModel:
-    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features."""
+    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features, and how
+    much longer a job of that lane takes while the device's other lanes run (1.0 when unmeasured)."""
 
     model: str
     device: str
     coefficients: dict[str, list[float]]  # lane size (as a string key) -> COEFFICIENT_NAMES values
+    slowdown: dict[str, float] = field(default_factory=dict)  # lane size -> multiplier beside busy lanes
 
     def seconds(self, shape: BatchShape, lane_size: str) -> float:
         if lane_size not in self.coefficients:
@@ -83,14 +96,14 @@ class FittedModel:
 
     def save(self, path: str | Path) -> None:
         body = {"model": self.model, "device": self.device, "features": COEFFICIENT_NAMES,
-                "coefficients": self.coefficients}
+                "coefficients": self.coefficients, "slowdown_beside_busy_lanes": self.slowdown}
         Path(path).write_text(json.dumps(body, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> FittedModel:
         try:
             body = json.loads(Path(path).read_text())
-            return cls(body["model"], body["device"], body["coefficients"])
+            return cls(body["model"], body["device"], body["coefficients"], body.get("slowdown_beside_busy_lanes", {}))
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
 
@@ -106,3 +119,6 @@ class FittedCost:
         if model not in self.fitted:
             raise ConfigError(f"no cost file for model {model!r}; have {sorted(self.fitted)}")
         return self.fitted[model].seconds(batch_shape(part), self.lane_sizes[lane])
+
+    def slowdown(self, model: str, lane: int) -> float:
+        return self.fitted[model].slowdown.get(self.lane_sizes[lane], 1.0)

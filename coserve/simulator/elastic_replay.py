@@ -19,7 +19,7 @@ from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
 from coserve.metrics import RequestRecord
 from coserve.sampling_params import SamplingParams
 from coserve.simulator.clock import VirtualClock
-from coserve.simulator.cost import BatchShape, RooflineCost
+from coserve.simulator.cost import BatchShape, MeshModel, RooflineCost
 from coserve.simulator.records import complete, new_record
 from coserve.simulator.sim_replica import SimReplica
 from coserve.workload import WorkloadRequest
@@ -45,7 +45,7 @@ class SimBackend:
                      clock) -> SimReplica:
         self.peer_bytes_per_s = config.peer_bytes_per_s
         self.dtype = engine_config.dtype
-        self._roofline = RooflineCost({MODEL_KEY: (self.spec, self.dtype, self.tp)}, self.hw, [1.0])
+        self._roofline = RooflineCost({MODEL_KEY: MeshModel(self.spec, self.dtype, self.tp)}, self.hw, [1.0])
         return SimReplica(engine_config, self.spec, index, config.memory_budget_bytes, config.max_group_size,
                           pool_for, clock, self)
 

@@ -15,7 +15,7 @@ from coserve.execution.models.spec import ModelSpec
 from coserve.metrics import SLO
 from coserve.placement.placement_file import PlacedMesh, PlacementFile
 from coserve.simulator.cluster import SimDeviceSpec, SimModel
-from coserve.simulator.cost import RooflineCost
+from coserve.simulator.cost import MeshModel, RooflineCost
 from coserve.simulator.lanes import JobCost
 
 
@@ -47,11 +47,12 @@ def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO
 
 
 def roofline_factory(placement: PlacementFile):
-    """`SimCluster`'s cost factory: each device's models with their tensor degree from the placement."""
+    """`SimCluster`'s cost factory: each device's models with their tensor and pipeline degrees."""
     hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
-    degrees = {(f"mesh{mesh.id}", m.name): m.tensor_parallel for mesh in placement.meshes for m in mesh.models}
+    degrees = {(f"mesh{mesh.id}", m.name): (m.tensor_parallel, m.pipeline_parallel)
+               for mesh in placement.meshes for m in mesh.models}
 
     def cost_for(device: SimDeviceSpec, specs: dict[str, ModelSpec]) -> JobCost:
-        models = {m.name: (specs[m.name], m.dtype, degrees[device.name, m.name]) for m in device.models}
+        models = {m.name: MeshModel(specs[m.name], m.dtype, *degrees[device.name, m.name]) for m in device.models}
         return RooflineCost(models, hw, device.lane_shares)
     return cost_for
