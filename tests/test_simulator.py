@@ -179,3 +179,33 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
     assert 0 <= result["slo_attainment"] <= 1
     assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["simulate", str(placement), "--rate-scale", "-1"]) == 2
+
+
+class _SlowedBeside:
+    """Job durations and slowdowns fixed by model name, as a profiled cost file would give them."""
+
+    def __call__(self, model, part, lane):
+        return {"a": 1.0, "b": 1.0}[model]
+
+    def slowdown(self, model, lane):
+        return {"a": 1.5, "b": 2.0}[model]
+
+
+def test_a_lane_runs_slower_only_while_another_lane_is_busy():
+    """Closed form: a (1 s alone, x1.5 beside a busy lane) starts at 0, b (1 s, x2) at 0.5. a does
+    half alone, the other half takes 0.75 s: ends at 1.25. b does 0.75 / 2 of its work by then and
+    the remaining 0.625 alone: ends at 1.875."""
+    from coserve.simulator import SimulatedLanes
+
+    clock = VirtualClock()
+    lanes = SimulatedLanes(2, clock, _SlowedBeside())
+    lanes.submit(0, "a", None, [])
+    assert lanes.next_event_time() == 1.0  # alone, it would end at its own duration
+    clock.advance_to(0.5)
+    lanes.submit(1, "b", None, [])
+    assert lanes.next_event_time() == pytest.approx(1.25)
+    clock.advance_to(lanes.next_event_time())
+    assert [lane for lane, _ in lanes.wait()] == [0]
+    assert lanes.next_event_time() == pytest.approx(1.875)
+    clock.advance_to(lanes.next_event_time())
+    assert [lane for lane, _ in lanes.wait()] == [1] and lanes.next_event_time() is None

@@ -6,11 +6,18 @@ last tokens, scheduling, preparing the batch), which is what a simulated lane mu
 The mix covers prompt-heavy and decode-heavy batches at several batch sizes; the fit is least
 squares over BatchShape's features with coefficients kept non-negative (a negative cost per
 token would predict faster steps for bigger batches).
+
+A lane that leaves cores free is profiled a second time with the same model generating on those
+cores (a busy neighbour lane): the median of measured over predicted-alone spans is its slowdown
+beside busy lanes, which the simulator applies while another lane of the device runs.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -62,6 +69,40 @@ def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tupl
     return runs
 
 
+def _neighbour(config: EngineConfig, cores: list[int], ready, stop) -> None:
+    """A busy lane next door: the model generating batches of 8 on `cores` until told to stop."""
+    import torch
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    engine = LLMEngine(config)
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    ready.set()
+    while not stop.is_set():
+        for i in range(8):
+            engine.add_request([100 + i] * 96, params)
+        while engine.has_unfinished_requests() and not stop.is_set():
+            engine.step()
+
+
+@contextmanager
+def busy_neighbour(config: EngineConfig, cores: list[int]):
+    context = mp.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    process = context.Process(target=_neighbour, args=(config, cores, ready, stop), daemon=True)
+    process.start()
+    try:
+        if not ready.wait(300):
+            raise RuntimeError("the busy neighbour lane did not start")
+        yield
+    finally:
+        stop.set()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+
+
 def profile(config: EngineConfig, cores: list[int], seed: int = 0) -> list[tuple[BatchShape, float]]:
     samples: list[tuple[BatchShape, float]] = []
     for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2)):
@@ -98,16 +139,29 @@ def fit(samples: list[tuple[BatchShape, float]]) -> list[float]:
     return full
 
 
-def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str) -> tuple[FittedModel, dict]:
-    """One fit per lane size (cores); also the fit's relative error on its own samples."""
-    coefficients, errors = {}, {}
+def _ratios(model: FittedModel, size: str, samples: list[tuple[BatchShape, float]]) -> np.ndarray:
+    """Measured over predicted span of each sample."""
+    predicted = np.array([model.seconds(shape, size) for shape, _ in samples])
+    return np.array([seconds for _, seconds in samples]) / predicted
+
+
+def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str,
+                    contention: bool = True) -> tuple[FittedModel, dict]:
+    """One fit per lane size (cores), with its slowdown beside a busy lane where cores are left for
+    one (unless `contention` is off); also each fit's relative error on its own samples."""
+    coefficients, slowdown, errors = {}, {}, {}
+    cores = available_cores()
     for size in lane_sizes:
-        samples = profile(config, available_cores()[:size])
-        coefficients[str(size)] = fit(samples)
-        model = FittedModel(config.name, device, {str(size): coefficients[str(size)]})
-        predicted = np.array([model.seconds(shape, str(size)) for shape, _ in samples])
-        measured = np.array([seconds for _, seconds in samples])
-        errors[str(size)] = {"samples": len(samples),
-                             "median_abs_rel_error": float(np.median(np.abs(predicted - measured) / measured))}
-    return FittedModel(config.name, device, coefficients), errors
+        key = str(size)
+        samples = profile(config, cores[:size])
+        coefficients[key] = fit(samples)
+        model = FittedModel(config.name, device, {key: coefficients[key]})
+        errors[key] = {"samples": len(samples),
+                       "median_abs_rel_error": float(np.median(np.abs(_ratios(model, key, samples) - 1)))}
+        if contention and size < len(cores):
+            with busy_neighbour(config, cores[size:]):
+                beside = profile(config, cores[:size])
+            slowdown[key] = max(1.0, float(np.median(_ratios(model, key, beside))))
+            errors[key]["slowdown_beside_busy_lane"] = slowdown[key]
+    return FittedModel(config.name, device, coefficients, slowdown), errors
 

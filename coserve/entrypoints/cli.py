@@ -91,6 +91,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu", help="a label for the machine the profile describes")
     p.add_argument("--lane-cores", type=int, nargs="+", default=[1, 2], help="lane sizes to profile (cores)")
+    p.add_argument("--no-contention", action="store_true",
+                   help="skip timing each lane beside a busy lane on the remaining cores")
     p.add_argument("-o", "--output", required=True, help="cost file (JSON) to write")
     p.set_defaults(func=_profile)
 
@@ -103,7 +105,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     config = EngineConfig(model=args.model, name=args.name, tokenizer=args.tokenizer, dtype=args.dtype,
                           max_num_batched_tokens=512)
-    fitted, errors = profile_and_fit(config, args.lane_cores, args.device)
+    fitted, errors = profile_and_fit(config, args.lane_cores, args.device, contention=not args.no_contention)
     fitted.save(args.output)
     print(json.dumps({"coefficients": fitted.coefficients, "fit": errors}, indent=1))
     return 0
