@@ -100,6 +100,17 @@ def test_replicas_serve_a_rate_beyond_one_mesh():
     assert double.totals.est_throughput > single.totals.est_throughput
 
 
+def test_spatial_never_splits_a_model_its_heads_cannot_divide():
+    """LLaMA-30B has 52 heads: a mesh of 8 would need tensor degree 8. Under a rate that asks for
+    more GPUs, spatial grows it to 4-GPU meshes and adds replicas instead of failing."""
+    raw = {"cluster": {"nodes": 1, "gpus_per_node": 8},
+           "models": [{"name": "big", "model": "llama-30b", "rate": 400, "mean_prompt_len": 100,
+                       "mean_output_len": 261}], "planner": {"strategy": "spatial"}}
+    placement = plan(problem_of(raw))
+    sizes = [len(mesh.gpus) for mesh in placement.meshes if mesh.models]
+    assert sum(sizes) > 4 and all(52 % size == 0 for size in sizes)
+
+
 def test_popularity_and_lengths_from_the_workload():
     raw = {"cluster": {"nodes": 1, "gpus_per_node": 2},
            "workload": {"alpha": 1.0, "total_rate": 3.0, "dataset": "sharegpt-lengths"},

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from coserve.errors import ConfigError
 from coserve.placement.greedy import RELATIVE_TOLERANCE, total_rate
 from coserve.placement.meshes import Mesh
-from coserve.placement.problem import Problem
+from coserve.placement.problem import ModelDemand, Problem
 from coserve.placement.search import Evaluator, Layout
 
 
@@ -68,7 +68,7 @@ def plan_spatial(problem: Problem, evaluator: Evaluator | None = None) -> Layout
     while True:
         best = None
         for m in models:
-            for option, extra in _spatial_options(sizes[m.index], m.min_mesh, problem):
+            for option, extra in _spatial_options(sizes[m.index], m, problem, evaluator):
                 trial = {**sizes, m.index: option}
                 if not Carving.empty(problem).fits([s for v in trial.values() for s in v]):
                     continue
@@ -81,11 +81,13 @@ def plan_spatial(problem: Problem, evaluator: Evaluator | None = None) -> Layout
     return _spatial_layout(problem, sizes)
 
 
-def _spatial_options(current: list[int], min_mesh: int, problem: Problem) -> list[tuple[list[int], int]]:
-    """(new replica sizes, extra GPUs): double the smallest mesh, or add a smallest-size replica."""
-    out = [(current + [min_mesh], min_mesh)]
+def _spatial_options(current: list[int], model: ModelDemand, problem: Problem,
+                     evaluator: Evaluator) -> list[tuple[list[int], int]]:
+    """(new replica sizes, extra GPUs): double the smallest mesh where the model can be split that
+    way (its heads divide by the tensor degree), or add a smallest-size replica."""
+    out = [(current + [model.min_mesh], model.min_mesh)]
     smallest = min(current)
-    if smallest * 2 <= problem.cluster.gpus_per_node:
+    if smallest * 2 <= problem.cluster.gpus_per_node and evaluator.can_host(model, smallest * 2):
         grown = sorted(current)
         grown[0] = smallest * 2
         out.append((grown, smallest))
