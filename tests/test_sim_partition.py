@@ -12,7 +12,7 @@ from coserve.costmodel.roofline import decode_seconds
 from coserve.metrics import SLO
 from coserve.placement.shapes import model_spec
 from coserve.simulator import BatchShape, MeshModel, RooflineCost, SimCluster, SimDeviceSpec, SimModel
-from coserve.simulator.partition import balanced_runs, independent_groups, simulate_in_parallel
+from coserve.simulator.partition import group_runs, independent_groups, simulate_in_parallel
 from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
 GiB = 1 << 30
@@ -43,8 +43,9 @@ def _workload():
 def test_groups_are_the_devices_joined_by_shared_models():
     groups = independent_groups(_devices())
     assert [[d.name for d in group] for group in groups] == [["mesh0", "mesh1"], ["mesh2"], ["mesh3"]]
-    runs = balanced_runs(_devices(), _workload(), workers=2)
-    assert len(runs) == 2
+    runs = group_runs(_devices(), _workload())
+    assert len(runs) == 3
+    assert [run.work for run in runs] == sorted((run.work for run in runs), reverse=True)
     assert sorted(d.name for run in runs for d in run.devices) == ["mesh0", "mesh1", "mesh2", "mesh3"]
     assert sum(len(run.requests) for run in runs) == len(_workload())
     for run in runs:  # a request goes with the devices holding its model

@@ -19,9 +19,9 @@ class IncrementalDetokenizer:
 
     def add_tokens(self, new_ids: list[int]) -> str | None:
         """Extend the text; returns the stop string that ended it, if one appeared."""
-        self.token_ids.extend(new_ids)
-        if self.tokenizer is None:
+        if self.tokenizer is None:  # token ids only (the simulator, tests): no text to build
             return None
+        self.token_ids.extend(new_ids)
         start = len(self.text)
         self.text += self._new_text()
         return self._find_stop(start) if self.stop else None

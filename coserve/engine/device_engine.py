@@ -47,6 +47,8 @@ def split_cores(num_lanes: int) -> list[list[int]]:
 
 def split_batch(scheduled: list[ScheduledRequest], parts: int) -> list[list[ScheduledRequest]]:
     """Requests into `parts` groups of near-equal token counts (largest first, to the lightest)."""
+    if parts == 1:
+        return [scheduled]
     groups: list[list[ScheduledRequest]] = [[] for _ in range(parts)]
     loads = [0] * parts
     for item in sorted(scheduled, key=lambda item: item.num_new_tokens, reverse=True):

@@ -128,7 +128,7 @@ class EngineCore:
             token_ids = self.tokenize(prompt)
         elif isinstance(prompt, (list, tuple)):
             token_ids = list(prompt)
-            if not all(type(t) is int for t in token_ids):  # bool is an int subclass: excluded too
+            if not set(map(type, token_ids)) <= {int}:  # bool is an int subclass: excluded too
                 raise InvalidRequestError("prompt token ids must be integers", "prompt")
             if token_ids and not (min(token_ids) >= 0 and max(token_ids) < self.spec.vocab_size):
                 bad = next(t for t in token_ids if not 0 <= t < self.spec.vocab_size)

@@ -42,9 +42,18 @@ class Request:
     # prompt plus output tokens; kept as a field because the scheduler reads it several times
     # per request per step (output tokens are only added through append_token)
     num_tokens: int = field(init=False)
+    # what ends the request, fixed at creation and checked once per sampled token
+    _stop_ids: frozenset[int] = field(init=False, repr=False)
+    _length_limit: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.num_tokens = len(self.prompt_token_ids) + len(self.output_token_ids)
+        params = self.params
+        eos = frozenset() if params.ignore_eos else self.eos_token_ids
+        self._stop_ids = eos | frozenset(params.stop_token_ids)
+        self._length_limit = self.max_model_len
+        if params.max_tokens is not None:
+            self._length_limit = min(self.max_model_len, len(self.prompt_token_ids) + params.max_tokens)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -74,15 +83,11 @@ class Request:
         self.status = self._stop_status(token_id) or self.status
 
     def _stop_status(self, token_id: int) -> RequestStatus | None:
-        params = self.params
-        if not params.ignore_eos and token_id in self.eos_token_ids:
-            self.stop_reason = None
+        if token_id in self._stop_ids:
+            # EOS first: its stop_reason is None, a listed stop token's is the token
+            is_eos = not self.params.ignore_eos and token_id in self.eos_token_ids
+            self.stop_reason = None if is_eos else token_id
             return RequestStatus.FINISHED_STOPPED
-        if token_id in params.stop_token_ids:
-            self.stop_reason = token_id
-            return RequestStatus.FINISHED_STOPPED
-        if params.max_tokens is not None and self.num_output_tokens >= params.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if self.num_tokens >= self.max_model_len:
+        if self.num_tokens >= self._length_limit:  # max_tokens generated, or the context is full
             return RequestStatus.FINISHED_LENGTH
         return None

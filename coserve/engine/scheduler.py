@@ -26,7 +26,7 @@ class SchedulerConfig:
     long_prefill_token_threshold: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per request per step
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
@@ -119,16 +119,16 @@ class Scheduler:
     def _chunk(self, request: Request, budget: int) -> int:
         remaining = request.num_tokens - request.num_computed_tokens
         threshold = self.config.long_prefill_token_threshold
-        if threshold:
-            remaining = min(remaining, threshold)
-        return min(remaining, budget)
+        if threshold and remaining > threshold:
+            remaining = threshold
+        return remaining if remaining < budget else budget  # min() without a call: once per request per step
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = self._chunk(request, budget)
-            if not self._make_room(request, num_new, out):
+            if not self.kv.allocate_slots(request, num_new) and not self._make_room(request, num_new, out):
                 continue  # `request` itself was preempted or finished; the list shrank
             out.scheduled.append(ScheduledRequest(request, num_new))
             budget -= num_new

@@ -48,18 +48,13 @@ def independent_groups(devices: list[SimDeviceSpec]) -> list[list[SimDeviceSpec]
     return list(groups.values())
 
 
-def balanced_runs(devices: list[SimDeviceSpec], requests: list[WorkloadRequest], workers: int) -> list[GroupRun]:
-    """At most `workers` runs, each a union of whole groups, the heaviest group first to the lightest run."""
-    groups = []
+def group_runs(devices: list[SimDeviceSpec], requests: list[WorkloadRequest]) -> list[GroupRun]:
+    """One run per independent group with the requests for its models, heaviest first."""
+    runs = []
     for group in independent_groups(devices):
         models = {m.name for spec in group for m in spec.models}
-        groups.append(GroupRun(group, [r for r in requests if r.model in models]))
-    runs = [GroupRun([], []) for _ in range(min(workers, len(groups)))]
-    for group in sorted(groups, key=lambda g: g.work, reverse=True):
-        lightest = min(runs, key=lambda run: run.work)
-        lightest.devices += group.devices
-        lightest.requests += group.requests
-    return [run for run in runs if run.devices]
+        runs.append(GroupRun(group, [r for r in requests if r.model in models]))
+    return sorted(runs, key=lambda run: run.work, reverse=True)
 
 
 # what forked workers read: a cost factory is often a closure, which cannot be pickled
@@ -80,14 +75,15 @@ def simulate_in_parallel(devices: list[SimDeviceSpec], cost_for: CostFactory, re
     if workers <= 1 or unknown:  # one loop, which also reports unknown models
         cluster = SimCluster(devices, cost_for)
         return cluster.run(requests), cluster.clock.now
-    runs = balanced_runs(devices, requests, workers)
+    runs = group_runs(devices, requests)
     _RUNS[:], _COST_FOR[:] = runs, [cost_for]
     try:
         if len(runs) == 1:
             return _simulate(0)
-        with multiprocessing.get_context("fork").Pool(len(runs) - 1) as pool:
-            others = pool.map_async(_simulate, range(1, len(runs)))
-            results = [_simulate(0)] + others.get()  # this process plays the first run meanwhile
+        # heaviest first, each to the next free worker: the longest group starts at once and the
+        # small ones fill in around it, whatever the work estimate got wrong
+        with multiprocessing.get_context("fork").Pool(min(workers, len(runs))) as pool:
+            results = list(pool.imap_unordered(_simulate, range(len(runs)), chunksize=1))
     finally:
         _RUNS.clear()
         _COST_FOR.clear()
