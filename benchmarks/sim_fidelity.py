@@ -1,6 +1,6 @@
 """Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
 
-    python benchmarks/sim_fidelity.py [--num-prompts 32] [--rate 1.0] [--reprofile]
+    python benchmarks/sim_fidelity.py [--num-prompts 32] [--rate 1.0] [--reprofile | --refit]
 
 Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
 
-from coserve.costmodel.profile import profile_and_fit
+from coserve.costmodel.profile import fit_profiles, profile_and_fit
 from coserve.engine.config import EngineConfig
 from coserve.metrics import compute_metrics
 from coserve.simulator import SimCluster, SimDeviceSpec, SimModel
@@ -30,13 +30,18 @@ COSTS = Path(__file__).resolve().parent.parent / "costs"
 SETUPS = {"single": ["smollm2"], "mux": list(MODELS)}
 
 
-def cost_file(name: str, cores: int, reprofile: bool) -> FittedModel:
+def cost_file(name: str, cores: int, args) -> FittedModel:
+    """The cached fit, a new fit of the cached samples (--refit), or a new profile (--reprofile)."""
     path = COSTS / f"{name}.cpu-{cores}core.json"
-    if path.exists() and not reprofile:
-        return FittedModel.load(path)
-    config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
-    fitted, errors = profile_and_fit(config, [cores], "cpu-local")
-    print(f"profiled {name} on {cores} core(s): {errors}")
+    if path.exists() and not args.reprofile:
+        fitted = FittedModel.load(path)
+        if not args.refit:
+            return fitted
+        fitted, errors = fit_profiles(fitted.model, fitted.device, fitted.samples)
+    else:
+        config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
+        fitted, errors = profile_and_fit(config, [cores], "cpu-local")
+    print(f"fitted {name} on {cores} core(s): {errors}")
     COSTS.mkdir(exist_ok=True)
     fitted.save(path)
     return fitted
@@ -67,7 +72,7 @@ def run_setup(setup: str, args) -> dict:
         device.close()
 
     lanes = [len(cores) for cores in lane_cores(policy)]
-    fitted = {n: merged(n, sorted(set(lanes)), args.reprofile) for n in names}  # only models that run
+    fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
     sim_models = [SimModel(n, MODELS[n]["model"], dtype="float32", rate=rates[n], max_num_seqs=32,
                            max_num_batched_tokens=512) for n in MODELS]
     total_cores = sum(len(cores) for cores in lane_cores("temporal"))
@@ -79,12 +84,14 @@ def run_setup(setup: str, args) -> dict:
     return {"measured": measured, "simulated": simulated, "relative_error": errors}
 
 
-def merged(name: str, sizes: list[int], reprofile: bool) -> FittedModel:
+def merged(name: str, sizes: list[int], args) -> FittedModel:
     """One model's fits for several lane sizes, as one FittedModel."""
-    coefficients = {}
+    coefficients, slowdown = {}, {}
     for size in sizes:
-        coefficients.update(cost_file(name, size, reprofile).coefficients)
-    return FittedModel(name, "cpu-local", coefficients)
+        fitted = cost_file(name, size, args)
+        coefficients.update(fitted.coefficients)
+        slowdown.update(fitted.slowdown)
+    return FittedModel(name, "cpu-local", coefficients, slowdown)
 
 
 def main() -> None:
@@ -98,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
     parser.add_argument("--reprofile", action="store_true", help="profile again even if costs/ has the files")
+    parser.add_argument("--refit", action="store_true", help="fit the samples saved in costs/ again (no profiling)")
     parser.add_argument("--output", default="results/sim_fidelity.json")
     args = parser.parse_args()
 

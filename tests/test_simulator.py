@@ -160,6 +160,31 @@ def test_the_cost_fit_recovers_known_coefficients_and_stays_non_negative():
     assert min(fit(noisy)) >= 0.0
 
 
+def test_a_refit_of_saved_samples_recovers_the_cost_and_the_slowdown_beside_a_busy_lane(tmp_path):
+    """Jobs timed beside a busy lane 1.3x slower than alone: the fit finds the alone coefficients
+    and a slowdown of 1.3, and both survive the cost file's round trip with the samples in it."""
+    import numpy as np
+
+    from coserve.costmodel.profile import fit_profiles
+    from coserve.simulator.cost import BatchShape, FittedModel
+
+    rng = np.random.default_rng(1)
+    truth = [0.002, 4e-5, 1e-4, 2e-9, 1e-7]
+    columns = zip(rng.integers(1, 512, 40), rng.integers(1, 32, 40), rng.integers(1, 10**5, 40),
+                  rng.integers(0, 4096, 40))
+    shapes = [BatchShape(int(t), int(n), float(p), int(k)) for t, n, p, k in columns]
+    alone = [(shape, float(np.dot(truth, shape.features()))) for shape in shapes]
+    beside = [(shape, 1.3 * seconds) for shape, seconds in alone]
+    fitted, errors = fit_profiles("m", "cpu", {"1": {"alone": alone, "beside": beside}})
+    assert np.allclose(fitted.coefficients["1"], truth, rtol=1e-6, atol=1e-12)
+    assert fitted.slowdown["1"] == pytest.approx(1.3)
+    assert errors["1"]["median_abs_rel_error"] < 1e-9
+    fitted.save(tmp_path / "m.json")
+    again, _ = fit_profiles("m", "cpu", FittedModel.load(tmp_path / "m.json").samples)
+    assert np.allclose(again.coefficients["1"], truth, rtol=1e-6, atol=1e-12)
+    assert again.slowdown["1"] == pytest.approx(1.3)
+
+
 def test_simulate_a_placement_from_the_planner(tmp_path):
     """`coserve plan` then `coserve simulate`: every request served, per-model SLOs applied, and bad
     input (a missing file, a negative scale) is a one-line error with exit code 2."""

@@ -124,7 +124,12 @@ def profile(config: EngineConfig, cores: list[int], seed: int = 0) -> list[tuple
 
 
 def fit(samples: list[tuple[BatchShape, float]]) -> list[float]:
-    """Non-negative least squares by elimination: refit without any feature that came out negative."""
+    """Non-negative least squares by elimination: refit without any feature that came out negative.
+
+    On absolute seconds, not relative error: a token's latency is the whole step it rides in, and
+    the long mixed steps (prefill chunks beside decode rows) set both TTFT and TPOT, so those are
+    the jobs the fit must get right (a relative-error fit, tried, halved the simulated TPOT).
+    """
     x = np.array([shape.features() for shape, _ in samples])
     y = np.array([seconds for _, seconds in samples])
     active = list(range(x.shape[1]))
@@ -145,23 +150,36 @@ def _ratios(model: FittedModel, size: str, samples: list[tuple[BatchShape, float
     return np.array([seconds for _, seconds in samples]) / predicted
 
 
-def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str,
-                    contention: bool = True) -> tuple[FittedModel, dict]:
-    """One fit per lane size (cores), with its slowdown beside a busy lane where cores are left for
-    one (unless `contention` is off); also each fit's relative error on its own samples."""
-    coefficients, slowdown, errors = {}, {}, {}
+def profile_lanes(config: EngineConfig, lane_sizes: list[int], contention: bool = True) -> dict[str, dict]:
+    """Timed jobs per lane size (cores): "alone", and "beside" a busy lane on the cores left over
+    (where cores are left, unless `contention` is off)."""
     cores = available_cores()
+    profiles = {}
     for size in lane_sizes:
-        key = str(size)
-        samples = profile(config, cores[:size])
-        coefficients[key] = fit(samples)
-        model = FittedModel(config.name, device, {key: coefficients[key]})
-        errors[key] = {"samples": len(samples),
-                       "median_abs_rel_error": float(np.median(np.abs(_ratios(model, key, samples) - 1)))}
+        runs = {"alone": profile(config, cores[:size])}
         if contention and size < len(cores):
             with busy_neighbour(config, cores[size:]):
-                beside = profile(config, cores[:size])
-            slowdown[key] = max(1.0, float(np.median(_ratios(model, key, beside))))
-            errors[key]["slowdown_beside_busy_lane"] = slowdown[key]
-    return FittedModel(config.name, device, coefficients, slowdown), errors
+                runs["beside"] = profile(config, cores[:size])
+        profiles[str(size)] = runs
+    return profiles
 
+
+def fit_profiles(name: str, device: str, profiles: dict[str, dict]) -> tuple[FittedModel, dict]:
+    """One fit per lane size, its slowdown beside a busy lane (median measured over predicted-alone
+    span), and each fit's relative error on its own samples; the samples stay in the cost file, so
+    a later fit needs no new profile."""
+    coefficients, slowdown, errors = {}, {}, {}
+    for key, runs in profiles.items():
+        coefficients[key] = fit(runs["alone"])
+        model = FittedModel(name, device, {key: coefficients[key]})
+        errors[key] = {"samples": len(runs["alone"]),
+                       "median_abs_rel_error": float(np.median(np.abs(_ratios(model, key, runs["alone"]) - 1)))}
+        if runs.get("beside"):
+            slowdown[key] = max(1.0, float(np.median(_ratios(model, key, runs["beside"]))))
+            errors[key]["slowdown_beside_busy_lane"] = slowdown[key]
+    return FittedModel(name, device, coefficients, slowdown, profiles), errors
+
+
+def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str,
+                    contention: bool = True) -> tuple[FittedModel, dict]:
+    return fit_profiles(config.name, device, profile_lanes(config, lane_sizes, contention))

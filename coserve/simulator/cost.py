@@ -7,6 +7,7 @@ answer `cost(model, part, lane) -> seconds`, the question `SimulatedLanes` asks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ class FittedModel:
     device: str
     coefficients: dict[str, list[float]]  # lane size (as a string key) -> COEFFICIENT_NAMES values
     slowdown: dict[str, float] = field(default_factory=dict)  # lane size -> multiplier beside busy lanes
+    # lane size -> {"alone" | "beside": [(shape, seconds), ...]}: the timed jobs the fit came from
+    samples: dict[str, dict[str, list[tuple[BatchShape, float]]]] = field(default_factory=dict, repr=False)
 
     def seconds(self, shape: BatchShape, lane_size: str) -> float:
         if lane_size not in self.coefficients:
@@ -95,16 +98,23 @@ class FittedModel:
         return max(0.0, sum(c * x for c, x in zip(self.coefficients[lane_size], shape.features())))
 
     def save(self, path: str | Path) -> None:
+        samples = {size: {run: [[*dataclasses.astuple(shape), seconds] for shape, seconds in jobs]
+                          for run, jobs in runs.items()} for size, runs in self.samples.items()}
         body = {"model": self.model, "device": self.device, "features": COEFFICIENT_NAMES,
-                "coefficients": self.coefficients, "slowdown_beside_busy_lanes": self.slowdown}
+                "coefficients": self.coefficients, "slowdown_beside_busy_lanes": self.slowdown,
+                "samples": samples}
         Path(path).write_text(json.dumps(body, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> FittedModel:
         try:
             body = json.loads(Path(path).read_text())
-            return cls(body["model"], body["device"], body["coefficients"], body.get("slowdown_beside_busy_lanes", {}))
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            samples = {size: {run: [(BatchShape(int(t), int(n), float(p), int(k)), float(sec))
+                                    for t, n, p, k, sec in jobs] for run, jobs in runs.items()}
+                       for size, runs in body.get("samples", {}).items()}
+            return cls(body["model"], body["device"], body["coefficients"],
+                       body.get("slowdown_beside_busy_lanes", {}), samples)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
 
 
