@@ -1,13 +1,15 @@
 """MuxServe's evaluation in the simulator: 32 A100s, 19 LLaMA models, alpha x rate-scale grid.
 
     python benchmarks/muxserve_eval.py [--alphas 0.7 0.9 1.3 1.7 2.1] [--scales 0.5 0.75 1 1.25] [--duration 10]
+    python benchmarks/muxserve_eval.py --plot-from results/muxserve_eval.json   # redraw the figure only
 
 For each popularity exponent, `coserve plan` places the paper's models (examples/plan_paper.yaml)
 twice: greedy (MuxServe's placement) and spatial (each model on dedicated GPUs sized to its rate).
 Each rate scale is then simulated with roofline costs under three policies: `mux` on the greedy
 placement, `temporal` on the same placement (one lane per mesh, first come first served), and
 `spatial` (the spatial placement; one model per mesh). Prints throughput and SLO attainment
-tables, the highest scale keeping 99% attainment per policy, writes JSON, and ends with one line
+tables, the highest scale keeping 99% attainment per policy, writes JSON and a PNG (SLO
+attainment against rate per alpha, throughput against alpha per scale), and ends with one line
 of JSON: {"max_throughput_over_spatial": .., "max_rate_at_99_slo_over_spatial": .., "simulation_seconds": ..}.
 """
 
@@ -31,6 +33,42 @@ def place(alpha: float, strategy: str, path: Path) -> None:
     write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), path)
 
 
+def plot(results: dict, scales: list[float], path: Path) -> None:
+    """Top row: SLO attainment against rate scale, one panel per alpha (MuxServe's figure 5 layout);
+    bottom row: request throughput against alpha, one panel per rate scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = list(results)
+    columns = max(len(alphas), len(scales))
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6), squeeze=False)
+    for ax, alpha in zip(axes[0], alphas):
+        for policy in POLICIES:
+            ax.plot(scales, [results[alpha][policy][str(s)]["slo_attainment"] for s in scales], "o-", label=policy)
+        ax.axhline(0.99, color="grey", linewidth=0.8, linestyle="--")
+        ax.set(title=f"alpha {alpha}", xlabel="rate scale", ylim=(0, 1.02))
+    axes[0, 0].set(ylabel="SLO attainment")
+    for ax, scale in zip(axes[1], scales):
+        for policy in POLICIES:
+            ax.plot([float(a) for a in alphas], [results[a][policy][str(scale)]["req_s"] for a in alphas],
+                    "o-", label=policy)
+        ax.set(title=f"rate scale {scale}", xlabel="alpha")
+    axes[1, 0].set(ylabel="requests / s")
+    for ax in axes.flat:
+        if not ax.lines:
+            ax.set_visible(False)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle("MuxServe's set-up in the simulator: 32 A100-80GB, 19 LLaMA models")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.9, 1.3, 1.7, 2.1])
@@ -38,7 +76,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="simulated seconds of arrivals per point")
     parser.add_argument("--workers", type=int, default=2, help="processes per simulation (independent meshes)")
     parser.add_argument("--output", default="results/muxserve_eval.json")
+    parser.add_argument("--plot", default="results/muxserve_eval.png")
+    parser.add_argument("--plot-from", help="a saved results JSON: redraw its figure and exit")
     args = parser.parse_args()
+    if args.plot_from:
+        saved = json.loads(Path(args.plot_from).read_text())
+        plot(saved["results"], saved["config"]["scales"], Path(args.plot))
+        return
 
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +119,7 @@ def main() -> None:
         if held["spatial"]:
             rate_ratios.append(held["mux"] / held["spatial"])
     out.write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
+    plot(results, args.scales, Path(args.plot))
     print(json.dumps({"max_throughput_over_spatial": round(max(throughput_ratios), 3),
                       "max_rate_at_99_slo_over_spatial": round(max(rate_ratios), 3) if rate_ratios else None,
                       "simulation_seconds": round(seconds, 1)}))
