@@ -1,14 +1,15 @@
 """Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
 
-    python benchmarks/sim_fidelity.py [--num-prompts 32] [--rate 1.0] [--reprofile | --refit]
+    python benchmarks/sim_fidelity.py [--num-prompts 64] [--repeats 2] [--rate 1.0] [--reprofile | --refit]
 
 Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
 `coserve profile` fits to timed lane jobs of this machine; profiles are cached under costs/):
 - single: SmolLM2-135M alone, one lane on both cores;
 - mux: the three-model set-up of benchmarks/multiplexing.py under `mux` (two one-core lanes).
-Prints measured and simulated throughput and p50/p99 TTFT and TPOT with the relative error of
-each, writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
+Prints measured (the mean of `--repeats` real runs of the same requests) and simulated throughput
+and p50/p99 TTFT and TPOT with the relative error of each, and the real runs' spread ((max - min)
+/ mean: what the machine itself varies), writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
 """
 
 from __future__ import annotations
@@ -65,11 +66,16 @@ def run_setup(setup: str, args) -> dict:
     rates = {n: shares.get(n, 0.0) * args.rate or 1e-9 for n in MODELS}  # only sizes spare pages
     requests = generate_workload(workload)
 
-    device = make_device(policy, args.kv_bytes, rates)
-    try:
-        measured = summary(run_load(device, requests, setup))
-    finally:
-        device.close()
+    runs = []
+    for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
+        device = make_device(policy, args.kv_bytes, rates)
+        try:
+            runs.append(summary(run_load(device, requests, setup)))
+        finally:
+            device.close()
+    measured = {k: sum(run[k] for run in runs) / len(runs) for k in runs[0]}
+    spread = {k: (max(run[k] for run in runs) - min(run[k] for run in runs)) / measured[k]
+              for k in measured if measured[k]}
 
     lanes = [len(cores) for cores in lane_cores(policy)]
     fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
@@ -81,7 +87,8 @@ def run_setup(setup: str, args) -> dict:
     cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in lanes]))
     simulated = summary(cluster.run(requests))
     errors = {k: abs(simulated[k] - measured[k]) / measured[k] for k in measured if measured[k]}
-    return {"measured": measured, "simulated": simulated, "relative_error": errors}
+    return {"measured": measured, "simulated": simulated, "relative_error": errors,
+            "measured_runs": runs, "run_to_run_spread": spread}
 
 
 def merged(name: str, sizes: list[int], args) -> FittedModel:
@@ -96,7 +103,8 @@ def merged(name: str, sizes: list[int], args) -> FittedModel:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="real runs per set-up (measured = their mean)")
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=1.3)
     parser.add_argument("--kv-bytes", type=int, default=256 << 20)
@@ -110,10 +118,11 @@ def main() -> None:
     args = parser.parse_args()
 
     results = {setup: run_setup(setup, args) for setup in args.setups}
-    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}")
+    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}{'run spread':>11}")
     for setup, r in results.items():
         for key, value in r["measured"].items():
-            print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}")
+            print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}"
+                  f"{r['run_to_run_spread'][key]:>11.1%}")
     worst = max(e for r in results.values() for e in r["relative_error"].values())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
