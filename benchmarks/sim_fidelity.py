@@ -54,6 +54,12 @@ def summary(records) -> dict:
             "tpot_p50": overall.tpot_ms.p50, "tpot_p99": overall.tpot_ms.p99}
 
 
+def per_model(records) -> dict:
+    """TPOT and TTFT p50 of each model (ms): which model a gap in the overall figures comes from."""
+    return {model: {"ttft_p50": m.ttft_ms.p50, "tpot_p50": m.tpot_ms.p50, "requests": m.completed}
+            for model, m in compute_metrics(records).per_model.items()}
+
+
 def run_setup(setup: str, args) -> dict:
     """The device always holds the three models (same budget and pages); `single` sends requests
     to SmolLM2 only, on one lane of both cores."""
@@ -70,7 +76,9 @@ def run_setup(setup: str, args) -> dict:
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
         device = make_device(policy, args.kv_bytes, rates)
         try:
-            runs.append(summary(run_load(device, requests, setup)))
+            records = run_load(device, requests, setup)
+            runs.append(summary(records))
+            models_measured = per_model(records)
         finally:
             device.close()
     measured = {k: sum(run[k] for run in runs) / len(runs) for k in runs[0]}
@@ -85,10 +93,12 @@ def run_setup(setup: str, args) -> dict:
     spec = SimDeviceSpec("cpu", sim_models, device_budget(args.kv_bytes), policy,
                          [size / total_cores for size in lanes], device="cpu")
     cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in lanes]))
-    simulated = summary(cluster.run(requests))
+    simulated_records = cluster.run(requests)
+    simulated = summary(simulated_records)
+    by_model = {"measured_last_run": models_measured, "simulated": per_model(simulated_records)}
     errors = {k: abs(simulated[k] - measured[k]) / measured[k] for k in measured if measured[k]}
     return {"measured": measured, "simulated": simulated, "relative_error": errors,
-            "measured_runs": runs, "run_to_run_spread": spread}
+            "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
 
 
 def merged(name: str, sizes: list[int], args) -> FittedModel:
@@ -123,6 +133,13 @@ def main() -> None:
         for key, value in r["measured"].items():
             print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}"
                   f"{r['run_to_run_spread'][key]:>11.1%}")
+    for setup, r in results.items():
+        if len(r["per_model"]["simulated"]) > 1:
+            for model, sim in r["per_model"]["simulated"].items():
+                real = r["per_model"]["measured_last_run"].get(model, {})
+                print(f"{setup:<8}{model:<10} TPOT p50 {real.get('tpot_p50') or 0:.1f} measured, "
+                      f"{sim['tpot_p50'] or 0:.1f} simulated; TTFT p50 {real.get('ttft_p50') or 0:.0f} measured, "
+                      f"{sim['ttft_p50'] or 0:.0f} simulated ({sim['requests']} requests)")
     worst = max(e for r in results.values() for e in r["relative_error"].values())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
