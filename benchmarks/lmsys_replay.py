@@ -22,12 +22,13 @@ import json
 import time
 from pathlib import Path
 
+from muxserve_eval import POLICIES  # the same three set-ups: (placement strategy, simulated policy)
+
 import coserve
 from coserve.placement import build_problem, parse_plan_config, plan, write_placement
 from coserve.simulator.cli import simulate_args, simulate_placement
 
 RATES = Path(coserve.__file__).parent / "data" / "traces" / "muxserve_chatlmsys_day55_model_rates.csv"
-POLICIES = {"mux": ("greedy", "mux"), "temporal": ("greedy", "temporal"), "spatial": ("spatial", "mux")}
 
 
 def trace_rows(condense: int) -> list[dict]:

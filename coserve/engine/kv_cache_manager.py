@@ -26,7 +26,7 @@ class KVCacheManager:
         table = self.block_tables.get(request.request_id)
         if table is None:
             table = self.block_tables[request.request_id] = []
-        needed = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size) - len(table)  # cdiv, inlined
+        needed = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size) - len(table)
         if needed <= 0:
             return True
         blocks = self.pool.allocate(needed, self.owner)

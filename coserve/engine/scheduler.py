@@ -119,9 +119,9 @@ class Scheduler:
     def _chunk(self, request: Request, budget: int) -> int:
         remaining = request.num_tokens - request.num_computed_tokens
         threshold = self.config.long_prefill_token_threshold
-        if threshold and remaining > threshold:
-            remaining = threshold
-        return remaining if remaining < budget else budget  # min() without a call: once per request per step
+        if threshold:
+            remaining = min(remaining, threshold)
+        return min(remaining, budget)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         index = 0
