@@ -18,7 +18,7 @@ from coserve.bench import BenchmarkConfig, run_benchmark
 from coserve.bench.cli import add_arguments, config_from_args, run
 from coserve.bench.client import CHAT_ENDPOINT, chunk_text, request_body
 from coserve.bench.prompts import WORDS, synthetic_prompt
-from coserve.metrics import SLO, LatencyStats, RequestRecord, compute_metrics, format_table
+from coserve.metrics import SLO, LatencyStats, RequestRecord, compute_metrics, format_table, steady_throughput
 from coserve.workload import LengthSpec, WorkloadSpec
 
 # -- a fake OpenAI-compatible server ---------------------------------------------------------------
@@ -295,3 +295,23 @@ def test_duration_spans_first_arrival_to_last_end():
     empty = compute_metrics([])
     assert empty.overall.completed == 0 and empty.overall.ttft_ms.mean is None
     assert not math.isnan(empty.overall.request_throughput)
+
+
+def test_steady_throughput_is_the_offered_rate_of_a_server_that_keeps_up():
+    # An infinite-server queue with a fixed 8 s service time (M/D/inf): after the first 8 s it
+    # finishes requests at the arrival rate, so the steady window measures lambda, while the
+    # whole-run throughput is diluted by the 8 s drain to N / (T + 8).
+    rate, window, service = 50.0, 30.0, 8.0
+    sends = np.random.default_rng(3).uniform(0.0, window, size=int(rate * window))
+    records = [record(send=float(s), ttft=0.5, tpot=(service - 0.5) / 10, output=11, request_id=i)
+               for i, s in enumerate(sends)]
+    steady = steady_throughput(records, window / 3, window)
+    assert steady == pytest.approx(rate, abs=4 * math.sqrt(rate / (window * 2 / 3)))
+    whole = compute_metrics(records).overall.request_throughput
+    assert whole == pytest.approx(len(records) / (window + service), rel=0.02)
+    one = record(send=0.0, ttft=0.5, tpot=1.0, output=11)  # chunks at 0.5, 1.5, ..., 10.5 s
+    assert steady_throughput([one], 5.0, 15.0) == pytest.approx(6 / 11 / 10.0)  # 6 of its 11 chunks inside
+    failed = [record(send=12.0, success=False, request_id=len(records))]
+    assert steady_throughput(records + failed, window / 3, window) == steady
+    with pytest.raises(ValueError):
+        steady_throughput(records, 5.0, 5.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from coserve.workload import (
     LengthSpec,
     WorkloadSpec,
     gamma_arrivals,
+    gamma_arrivals_within,
     generate_workload,
     load_trace,
     model_weights,
@@ -49,6 +51,18 @@ def test_poisson_counts_per_window_are_poisson():
     for k in range(6):
         expected = math.exp(-rate) * rate**k / math.factorial(k)
         assert np.mean(counts == k) == pytest.approx(expected, abs=0.012)
+
+
+def test_arrivals_within_a_horizon_are_a_poisson_count():
+    # Counts in a window of a Poisson process are Poisson(rate x horizon): mean = variance.
+    rate, horizon, runs = 0.7, 10.0, 4_000
+    rng = np.random.default_rng(11)
+    draws = [gamma_arrivals_within(horizon, rate, 1.0, rng) for _ in range(runs)]
+    counts = np.array([len(t) for t in draws])
+    assert all(np.all(t < horizon) and np.all(np.diff(t) > 0) for t in draws)
+    assert counts.mean() == pytest.approx(rate * horizon, rel=0.03)
+    assert counts.var() / counts.mean() == pytest.approx(1.0, abs=0.08)
+    assert np.mean(counts == 0) == pytest.approx(math.exp(-rate * horizon), abs=0.005)
 
 
 def test_infinite_rate_sends_everything_at_zero():
@@ -175,6 +189,22 @@ def test_explicit_model_rates_override_the_total():
     requests = generate_workload(spec)
     assert sum(r.model == "a" for r in requests) == 3_000
     assert requests[-1].arrival_time == pytest.approx(100.0, rel=0.05)
+
+
+def test_a_duration_bounds_every_models_arrivals():
+    # A count-based workload gives a model of 0.05 req/s its one request about 20 s in, far past a
+    # 2 s window; a duration gives it none in most windows and never one after the window.
+    spec = WorkloadSpec(models=("busy", "rare"), model_rates=(200.0, 0.05), duration=2.0, seed=5,
+                        lengths=LengthSpec("sharegpt-lengths"))
+    requests = generate_workload(spec)
+    assert requests[-1].arrival_time < 2.0
+    assert sum(r.model == "busy" for r in requests) == pytest.approx(400, abs=5 * math.sqrt(400))
+    rare_counts = [sum(r.model == "rare" for r in generate_workload(replace(spec, seed=s))) for s in range(200)]
+    assert np.mean(rare_counts) == pytest.approx(0.1, abs=0.07)
+    with pytest.raises(ValueError):
+        WorkloadSpec(models=("a",), duration=1.0)  # no finite rate
+    with pytest.raises(ValueError):
+        WorkloadSpec(models=("a",), request_rate=1.0, duration=-1.0)
 
 
 def test_workloads_are_reproducible_from_the_seed():

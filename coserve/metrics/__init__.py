@@ -12,9 +12,11 @@ from coserve.metrics.summary import (
     compute_metrics,
     group_metrics,
     run_duration,
+    steady_throughput,
 )
 
 __all__ = [
     "OVERALL", "SLO", "BenchmarkMetrics", "GroupMetrics", "LatencyStats", "RequestRecord", "SLOSet",
     "compute_metrics", "format_table", "group_metrics", "plot_results", "run_duration", "slo_for",
+    "steady_throughput",
 ]

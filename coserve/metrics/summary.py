@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,23 @@ def run_duration(records: Sequence[RequestRecord]) -> float:
     start = min(r.arrival_time for r in records)
     end = max(r.end_time if r.end_time is not None else r.send_time for r in records)
     return max(end - start, 0.0)
+
+
+def steady_throughput(records: Sequence[RequestRecord], start: float, end: float) -> float:
+    """Requests served per second within [start, end), each finished request counting the share of
+    its output chunks that arrived in the window. Taken after a warm-up and before arrivals stop,
+    this is the offered rate when the server keeps up and its capacity when it does not. A
+    whole-run throughput also holds the ramp-up and the drain, whose length is set by the last few
+    requests, and counting whole completions in the window jitters with whichever requests straddle
+    its edges; shares of chunks do not."""
+    if not end > start:
+        raise ValueError(f"an empty window [{start}, {end})")
+    served = 0.0
+    for r in records:
+        if r.success and r.chunk_times:
+            inside = bisect_left(r.chunk_times, end) - bisect_left(r.chunk_times, start)
+            served += inside / len(r.chunk_times)
+    return served / (end - start)
 
 
 def compute_metrics(records: Sequence[RequestRecord], slos: SLOSet = None, duration_s: float | None = None,

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from coserve.errors import CoserveError
 
+# The steady throughput leaves out the first third of the arrival window as warm-up: a window at least
+# three request lifetimes long then measures the served rate with no ramp-up and no drain in it.
+WARMUP_SHARE = 1 / 3
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("placement", help="a placement written by `coserve plan -o`")
@@ -49,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(result["table"])
     print(f"simulated {result['simulated_seconds']:.1f} s of serving in {result['wall_seconds']:.1f} s "
-          f"({result['num_requests']} requests, {result['num_devices']} devices)")
+          f"({result['num_requests']} requests, {result['num_devices']} devices); steady throughput "
+          f"{result['steady_request_throughput']:.2f} req/s (finished in the last two thirds of the arrivals)")
     if args.output:
         Path(args.output).write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
     return 0
 
 
 def simulate_placement(args: argparse.Namespace) -> dict:
-    from coserve.metrics import compute_metrics, format_table
+    from coserve.metrics import compute_metrics, format_table, steady_throughput
     from coserve.placement.placement_file import load_placement
     from coserve.simulator.from_placement import devices_from_placement, placement_slos, roofline_factory
     from coserve.simulator.partition import simulate_in_parallel
@@ -69,11 +74,10 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     placement = load_placement(args.placement)
     devices = devices_from_placement(placement, args.policy)
     rates = {m.name: m.rate * args.rate_scale for m in placement.models if m.rate > 0 and m.replicas}
-    total = sum(rates.values())
     lengths = LengthSpec(args.dataset, args.input_len, args.output_len, args.range_ratio,
                          max_input_len=args.max_input_len, max_output_len=args.max_output_len)
-    spec = WorkloadSpec(tuple(rates), max(1, round(total * args.duration)), model_rates=tuple(rates.values()),
-                        seed=args.seed, lengths=lengths)
+    spec = WorkloadSpec(tuple(rates), model_rates=tuple(rates.values()), seed=args.seed, lengths=lengths,
+                        duration=args.duration)
     requests = generate_workload(spec)
     started = time.perf_counter()
     # each request to the least-loaded replica of its model
@@ -85,5 +89,6 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     return {"table": format_table(metrics, "Simulated serving"), "simulated_seconds": end,
             "wall_seconds": wall, "num_requests": len(records), "num_devices": len(devices),
             "policy": args.policy, "request_throughput": overall.request_throughput,
+            "steady_request_throughput": steady_throughput(records, args.duration * WARMUP_SHARE, args.duration),
             "output_throughput": overall.output_throughput, "slo_attainment": overall.slo_attainment,
             "ttft_p99_ms": overall.ttft_ms.p99, "tpot_p99_ms": overall.tpot_ms.p99}

@@ -23,6 +23,22 @@ def gamma_arrivals(num: int, rate: float, burstiness: float, rng: np.random.Gene
     return np.cumsum(gaps)
 
 
+def gamma_arrivals_within(horizon: float, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
+    """The arrivals of the same process before `horizon` seconds: the count is random, as in a
+    window of real traffic, so a rare model may get none and never one far past the window."""
+    if not 0 < horizon < math.inf:
+        raise ValueError(f"horizon must be positive and finite, got {horizon}")
+    if math.isinf(rate):
+        raise ValueError("an infinite rate sends everything at t=0: give a count, not a horizon")
+    times = np.empty(0)
+    while times.size == 0 or times[-1] < horizon:
+        start = times[-1] if times.size else 0.0
+        expected = rate * (horizon - start)
+        batch = int(expected + 4 * math.sqrt(expected) + 16)  # one draw almost always covers the window
+        times = np.concatenate([times, start + gamma_arrivals(batch, rate, burstiness, rng)])
+    return times[times < horizon]
+
+
 def poisson_arrivals(num: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     return gamma_arrivals(num, rate, 1.0, rng)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coserve.workload.arrivals import gamma_arrivals, replay_arrivals
+from coserve.workload.arrivals import gamma_arrivals, gamma_arrivals_within, replay_arrivals
 from coserve.workload.datasets import LengthSpec, sample_lengths
 from coserve.workload.popularity import model_weights, split_count
 from coserve.workload.traces import load_trace
@@ -24,6 +24,9 @@ class WorkloadSpec:
     time_scale: float = 1.0  # replay traces this many times faster than recorded
     seed: int = 0
     lengths: LengthSpec = field(default_factory=LengthSpec)
+    # Arrivals within this many seconds instead of `num_prompts` of them: each model's process
+    # runs for the whole window, so the count per model is random and none arrives after it.
+    duration: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -36,6 +39,11 @@ class WorkloadSpec:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         model_weights(len(self.models), self.rates_list(), self.alpha)  # validates rates/alpha
+        if self.duration is not None:
+            if not 0 < self.duration < math.inf:
+                raise ValueError(f"duration must be positive and finite, got {self.duration}")
+            if math.isinf(self.total_rate) or self.lengths.is_replay:
+                raise ValueError("a duration needs finite request rates and no replayed timestamps")
         if self.lengths.is_replay and self.num_prompts > len(load_trace(self.lengths.dataset)):
             raise ValueError(f"{self.lengths.dataset} holds {len(load_trace(self.lengths.dataset))} "
                              f"requests; asked for {self.num_prompts}")
@@ -63,13 +71,19 @@ class WorkloadRequest:
 def generate_workload(spec: WorkloadSpec) -> list[WorkloadRequest]:
     """The requests of `spec`, sorted by arrival time; the same seed always gives the same list."""
     arrival_rng, length_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(2))
-    lengths = sample_lengths(spec.lengths, spec.num_prompts, length_rng)
-    if lengths.timestamps is not None:
-        times = replay_arrivals(lengths.timestamps, spec.time_scale)
-        # A trace has no model column: each request picks a model by popularity.
-        owners = arrival_rng.choice(len(spec.models), size=spec.num_prompts, p=spec.weights())
+    if spec.duration is not None:
+        times, owners = _per_model_arrivals_within(spec, arrival_rng)
+        if not len(times):
+            raise ValueError(f"no request arrives within {spec.duration} s at {spec.total_rate} req/s")
+        lengths = sample_lengths(spec.lengths, len(times), length_rng)
     else:
-        times, owners = _per_model_arrivals(spec, arrival_rng)
+        lengths = sample_lengths(spec.lengths, spec.num_prompts, length_rng)
+        if lengths.timestamps is not None:
+            times = replay_arrivals(lengths.timestamps, spec.time_scale)
+            # A trace has no model column: each request picks a model by popularity.
+            owners = arrival_rng.choice(len(spec.models), size=spec.num_prompts, p=spec.weights())
+        else:
+            times, owners = _per_model_arrivals(spec, arrival_rng)
     return [WorkloadRequest(i, spec.models[owner], float(t), int(n_in), int(n_out))
             for i, (owner, t, n_in, n_out) in enumerate(
                 zip(owners, times, lengths.input_lens, lengths.output_lens))]
@@ -81,7 +95,17 @@ def _per_model_arrivals(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[n
     counts = split_count(spec.num_prompts, weights)
     times = np.concatenate([gamma_arrivals(int(count), spec.total_rate * weight, spec.burstiness, rng)
                             for count, weight in zip(counts, weights)])
-    owners = np.repeat(np.arange(len(spec.models)), counts)
+    return _merge(times, np.repeat(np.arange(len(spec.models)), counts), rng)
+
+
+def _per_model_arrivals_within(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    per_model = [gamma_arrivals_within(spec.duration, spec.total_rate * weight, spec.burstiness, rng)
+                 for weight in spec.weights()]
+    owners = np.repeat(np.arange(len(spec.models)), [len(t) for t in per_model])
+    return _merge(np.concatenate(per_model), owners, rng)
+
+
+def _merge(times: np.ndarray, owners: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     # Shuffle before the stable sort so simultaneous arrivals (rate inf) interleave the models.
     order = rng.permutation(len(times))
     order = order[np.argsort(times[order], kind="stable")]
