@@ -1,14 +1,16 @@
 """MuxServe's evaluation in the simulator: 32 A100s, 19 LLaMA models, alpha x rate-scale grid.
 
-    python benchmarks/muxserve_eval.py [--alphas 0.7 0.9 1.3 1.7 2.1] [--scales 0.5 0.75 1 1.25] [--duration 10]
+    python benchmarks/muxserve_eval.py [--alphas 0.7 0.9 1.3 1.7 2.1] [--scales 0.5 0.75 1 1.25] [--duration 30]
     python benchmarks/muxserve_eval.py --plot-from results/muxserve_eval.json   # redraw the figure only
 
-For each popularity exponent, `coserve plan` places the paper's models (examples/plan_paper.yaml)
-twice: greedy (MuxServe's placement) and spatial (each model on dedicated GPUs sized to its rate).
-Each rate scale is then simulated with roofline costs under three policies: `mux` on the greedy
-placement, `temporal` on the same placement (one lane per mesh, first come first served), and
-`spatial` (the spatial placement; one model per mesh). Prints throughput and SLO attainment
-tables, the highest scale keeping 99% attainment per policy, writes JSON and a PNG (SLO
+For each popularity exponent and rate scale, `coserve plan` places the paper's models
+(examples/plan_paper.yaml, top model 40 req/s x scale) twice, as MuxServe plans each workload:
+greedy (MuxServe's placement) and spatial (each model on dedicated GPUs sized to its rate). Each
+point is then simulated with roofline costs under three policies: `mux` on the greedy placement,
+`temporal` on the same placement (one lane per mesh, first come first served), and `spatial` (the
+spatial placement; one model per mesh). Requests have the lengths the planner was told: the
+paper's ShareGPT means (161 and 338 tokens), uniform within +-90%. Prints throughput and SLO
+attainment tables, the highest scale keeping 99% attainment per policy, writes JSON and a PNG (SLO
 attainment against rate per alpha, throughput against alpha per scale), and ends with one line
 of JSON: {"max_throughput_over_spatial": .., "max_rate_at_99_slo_over_spatial": .., "simulation_seconds": ..}.
 """
@@ -21,16 +23,49 @@ import time
 from pathlib import Path
 
 from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
+from coserve.placement.placement_file import load_placement
 from coserve.simulator.cli import simulate_args, simulate_placement
 
 PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
 POLICIES = {"mux": ("greedy", "mux"), "temporal": ("greedy", "temporal"), "spatial": ("spatial", "mux")}
+LENGTH_SPREAD = 0.9  # lengths uniform in mean x [0.1, 1.9]: as wide as a uniform around the mean allows
 
 
-def place(alpha: float, strategy: str, path: Path) -> None:
+def paper_config(alpha: float, scale: float) -> dict:
     raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
     raw["workload"]["alpha"] = alpha
-    write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), path)
+    raw["workload"]["top_rate"] *= scale
+    return raw
+
+
+def planned_lengths(raw: dict) -> dict:
+    """`coserve simulate` options for requests with the mean lengths the planner was given."""
+    return {"dataset": "random", "input_len": round(raw["workload"]["mean_prompt_len"]),
+            "output_len": round(raw["workload"]["mean_output_len"]), "range_ratio": LENGTH_SPREAD}
+
+
+def simulate_point(alpha: float, scale: float, duration: float, workers: int, out_dir: Path,
+                   policies: tuple[str, ...] = tuple(POLICIES)) -> dict:
+    """Plan the paper's workload at (alpha, scale) greedily and spatially, simulate each of
+    `policies` on the same requests; {policy: {"req_s" (steady), "req_s_whole_run", "offered_req_s",
+    "slo_attainment", "wall_s", "plan_s"}}."""
+    raw = paper_config(alpha, scale)
+    paths, plan_seconds = {}, {}
+    for strategy in {POLICIES[p][0] for p in policies}:
+        paths[strategy] = out_dir / f"placement_alpha{alpha}_scale{scale}_{strategy}.yaml"
+        started = time.perf_counter()
+        write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), paths[strategy])
+        plan_seconds[strategy] = time.perf_counter() - started
+    point = {}
+    for policy in policies:
+        strategy, sim_policy = POLICIES[policy]
+        r = simulate_placement(simulate_args(str(paths[strategy]), policy=sim_policy, duration=duration,
+                                             workers=workers, **planned_lengths(raw)))
+        point[policy] = {"req_s": r["steady_request_throughput"], "req_s_whole_run": r["request_throughput"],
+                         "offered_req_s": sum(m.rate for m in load_placement(paths[strategy]).models),
+                         "slo_attainment": r["slo_attainment"] or 0.0, "wall_s": r["wall_seconds"],
+                         "plan_s": plan_seconds[strategy]}
+    return point
 
 
 def plot(results: dict, scales: list[float], path: Path) -> None:
@@ -73,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.9, 1.3, 1.7, 2.1])
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25])
-    parser.add_argument("--duration", type=float, default=10.0, help="simulated seconds of arrivals per point")
+    parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds of arrivals per point")
     parser.add_argument("--workers", type=int, default=2, help="processes per simulation (independent meshes)")
     parser.add_argument("--output", default="results/muxserve_eval.json")
     parser.add_argument("--plot", default="results/muxserve_eval.png")
@@ -89,28 +124,21 @@ def main() -> None:
     started = time.perf_counter()
     results: dict = {}
     for alpha in args.alphas:
-        paths = {}
-        for strategy in ("greedy", "spatial"):
-            paths[strategy] = out.with_name(f"placement_alpha{alpha}_{strategy}.yaml")
-            place(alpha, strategy, paths[strategy])
         for scale in args.scales:
-            for policy, (strategy, sim_policy) in POLICIES.items():
-                r = simulate_placement(simulate_args(str(paths[strategy]), policy=sim_policy, duration=args.duration,
-                                                     rate_scale=scale, workers=args.workers))
-                results.setdefault(str(alpha), {}).setdefault(policy, {})[str(scale)] = {
-                    "req_s": r["request_throughput"], "slo_attainment": r["slo_attainment"] or 0.0,
-                    "wall_s": r["wall_seconds"]}
-                print(f"alpha {alpha} scale {scale} {policy:>8}: {r['request_throughput']:.1f} req/s, "
-                      f"SLO attainment {r['slo_attainment'] or 0:.3f} ({r['wall_seconds']:.0f} s)", flush=True)
+            for policy, r in simulate_point(alpha, scale, args.duration, args.workers, out.parent).items():
+                results.setdefault(str(alpha), {}).setdefault(policy, {})[str(scale)] = r
+                print(f"alpha {alpha} scale {scale} {policy:>8}: {r['req_s']:.1f} req/s, "
+                      f"SLO attainment {r['slo_attainment']:.3f} ({r['wall_s']:.0f} s)", flush=True)
     seconds = time.perf_counter() - started
 
-    print(f"\n{'alpha':>6}{'scale':>7}" + "".join(f"{p + ' req/s':>16}{p + ' SLO':>14}" for p in POLICIES))
+    print("\nreq/s: requests finished per second in the last two thirds of the arrival window (steady state)")
+    print(f"{'alpha':>6}{'scale':>7}{'offered':>9}" + "".join(f"{p + ' req/s':>16}{p + ' SLO':>14}" for p in POLICIES))
     throughput_ratios, rate_ratios = [], []
     for alpha, by_policy in results.items():
         for scale in map(str, args.scales):
             row = "".join(f"{by_policy[p][scale]['req_s']:>16.1f}{by_policy[p][scale]['slo_attainment']:>14.3f}"
                           for p in POLICIES)
-            print(f"{alpha:>6}{scale:>7}{row}")
+            print(f"{alpha:>6}{scale:>7}{by_policy['mux'][scale]['offered_req_s']:>9.1f}{row}")
             throughput_ratios.append(by_policy["mux"][scale]["req_s"] / by_policy["spatial"][scale]["req_s"])
         held = {p: max((float(s) for s, v in by_policy[p].items() if v["slo_attainment"] >= 0.99), default=0.0)
                 for p in POLICIES}

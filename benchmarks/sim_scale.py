@@ -6,7 +6,8 @@ For each cluster size the paper's 19 LLaMA models (examples/plan_paper.yaml, alp
 scaled with the number of nodes so that load per GPU stays put; on one node the 19 models' weights
 leave so little KV memory that the cluster serves a seventh of its arrivals and the queue, not the
 cluster, sets the cost, so the default starts at two) are placed by `coserve plan`'s
-greedy strategy, then `coserve simulate` replays ShareGPT-length requests for each duration under
+greedy strategy, then `coserve simulate` replays requests of the planned lengths (the paper's ShareGPT
+means, 161 and 338 tokens, uniform within +-90%) for each duration under
 `mux` with roofline costs, in one process and in `--workers` processes (devices that share no
 model simulated apart). Prints GPUs, devices, requests, simulated seconds and wall seconds;
 writes JSON; ends with one line of JSON {"seconds_32_gpus_600_s": ..} (the fastest worker count).
@@ -20,16 +21,23 @@ import json
 import time
 from pathlib import Path
 
+from muxserve_eval import planned_lengths
+
 from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
+from coserve.placement.placement_file import load_placement
 from coserve.simulator.cli import simulate_args, simulate_placement
 
 PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
 
 
-def placement_for(nodes: int, path: Path) -> float:
+def paper_config(nodes: int) -> dict:
     raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
     raw["cluster"]["nodes"] = nodes
     raw["workload"]["top_rate"] = raw["workload"]["top_rate"] * nodes / 4
+    return raw
+
+
+def placement_for(raw: dict, path: Path) -> float:
     started = time.perf_counter()
     write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up"))), path)
     return time.perf_counter() - started
@@ -47,19 +55,24 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     for nodes in args.nodes:
         path = Path(args.output).with_name(f"placement_{nodes}nodes.yaml")
-        plan_seconds = placement_for(nodes, path)
+        raw = paper_config(nodes)
+        plan_seconds = placement_for(raw, path)
         for duration, workers in itertools.product(args.durations, args.workers):
-            result = simulate_placement(simulate_args(str(path), duration=duration, workers=workers))
+            result = simulate_placement(simulate_args(str(path), duration=duration, workers=workers,
+                                                      **planned_lengths(raw)))
             rows.append({"gpus": nodes * 8, "workers": workers, "devices": result["num_devices"],
                          "requests": result["num_requests"],
                          "duration_s": duration, "simulated_s": result["simulated_seconds"],
                          "wall_s": result["wall_seconds"], "plan_s": plan_seconds,
-                         "req_s": result["request_throughput"], "slo_attainment": result["slo_attainment"]})
+                         "req_s": result["request_throughput"], "slo_attainment": result["slo_attainment"],
+                         "steady_req_s": result["steady_request_throughput"],
+                         "offered_req_s": sum(m.rate for m in load_placement(path).models)})
             row = rows[-1]
             print(f"{row['gpus']:>4} GPUs {row['workers']} workers {row['devices']:>3} devices "
                   f"{row['requests']:>7} requests "
                   f"{row['simulated_s']:>7.0f} s simulated in {row['wall_s']:>6.1f} s "
-                  f"({row['req_s']:.1f} req/s served, SLO attainment {row['slo_attainment'] or 0:.3f})", flush=True)
+                  f"({row['steady_req_s']:.1f} of {row['offered_req_s']:.1f} req/s served in steady state, "
+                  f"SLO attainment {row['slo_attainment'] or 0:.3f})", flush=True)
     Path(args.output).write_text(json.dumps(rows, indent=1))
     big = [r["wall_s"] for r in rows if r["gpus"] == 32 and r["duration_s"] == 600.0]
     print(json.dumps({"seconds_32_gpus_600_s": round(min(big), 1) if big else None}))
