@@ -234,3 +234,57 @@ def test_a_lane_runs_slower_only_while_another_lane_is_busy():
     assert lanes.next_event_time() == pytest.approx(1.875)
     clock.advance_to(lanes.next_event_time())
     assert [lane for lane, _ in lanes.wait()] == [1] and lanes.next_event_time() is None
+
+
+class _RooflineLike:
+    """Jobs that each know their duration alone and how much of the device's compute and memory
+    bandwidth they use meanwhile, as the roofline reports them."""
+
+    jobs = {"decode": (1.0, (0.1, 1.0)), "prefill": (1.0, (0.8, 0.1)), "half": (1.0, (0.2, 0.5))}
+
+    def __call__(self, model, part, lane):
+        return self.jobs[model][0]
+
+    def timed(self, model, part, lane):
+        return self.jobs[model]
+
+
+@pytest.mark.parametrize("pair, ends", [
+    # Two bandwidth-bound decodes split the bus: each at half speed, both end at 2 s.
+    (("decode", "decode"), (2.0, 2.0)),
+    # A compute-bound prefill beside a decode: bandwidth 0.1 + 1.0, so the prefill gets its whole
+    # 0.1 and the decode runs at 0.9 until the prefill ends at 1 s (compute 0.8 + 0.1 fits), then
+    # does its last tenth alone: 1.1 s.
+    (("prefill", "decode"), (1.0, 1.1)),
+    # Two compute-bound prefills on lanes worth 0.8 each: 1.6 of the device's compute, 0.5 each.
+    (("prefill", "prefill"), (1 / 0.625, 1 / 0.625)),
+    # Jobs that fit together (0.5 + 0.5 of the bus) keep their speed.
+    (("half", "half"), (1.0, 1.0)),
+])
+def test_concurrent_lanes_share_compute_and_bandwidth_max_min_fairly(pair, ends):
+    from coserve.simulator import SimulatedLanes
+
+    clock = VirtualClock()
+    lanes = SimulatedLanes(2, clock, _RooflineLike())
+    for lane, model in enumerate(pair):
+        lanes.submit(lane, model, None, [])
+    finished = {}
+    while (t := lanes.next_event_time()) is not None:
+        clock.advance_to(t)
+        finished.update({lane: t for lane, _ in lanes.wait()})
+    assert (finished[0], finished[1]) == pytest.approx(ends)
+
+
+def test_the_roofline_reports_the_share_of_the_device_a_job_uses():
+    from coserve.costmodel.hardware import get_hardware
+    from coserve.placement.shapes import model_spec
+    from coserve.simulator.cost import BatchShape, MeshModel, RooflineCost
+
+    hw = get_hardware("A100-80GB")
+    cost = RooflineCost({"m": MeshModel(model_spec("llama-7b", "m"), "float16")}, hw, [1.0])
+    decode = BatchShape(tokens=64, sampled=64, attention_pairs=64 * 500.0, kv_read=64 * 500)
+    seconds, (compute, bandwidth) = cost.seconds_and_demands("m", decode, 1.0)
+    assert bandwidth == pytest.approx(1.0) and compute < 0.2  # a decode step is bandwidth bound
+    prefill = BatchShape(tokens=2048, sampled=1, attention_pairs=2048 * 1024.0, kv_read=0)
+    seconds, (compute, bandwidth) = cost.seconds_and_demands("m", prefill, 0.5)
+    assert compute == pytest.approx(0.5) and bandwidth < 0.2  # a prefill fills its half of the SMs

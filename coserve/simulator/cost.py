@@ -69,14 +69,30 @@ class RooflineCost:
         self.lane_shares = lane_shares
 
     def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
-        return self.seconds(model, batch_shape(part), self.lane_shares[lane])
+        return self.timed(model, part, lane)[0]
+
+    def timed(self, model: str, part: list[ScheduledRequest], lane: int) -> tuple[float, tuple[float, float]]:
+        """(seconds alone, (compute, bandwidth)): the fractions of each device's peak FLOP/s and memory
+        bandwidth the job uses meanwhile."""
+        return self.seconds_and_demands(model, batch_shape(part), self.lane_shares[lane])
 
     def seconds(self, model: str, shape: BatchShape, share: float, layers: tuple[int, int] | None = None) -> float:
         """The batch through `layers` (all of them by default) on `share` of the device."""
+        return self.seconds_and_demands(model, shape, share, layers)[0]
+
+    def seconds_and_demands(self, model: str, shape: BatchShape, share: float,
+                            layers: tuple[int, int] | None = None) -> tuple[float, tuple[float, float]]:
         m = self.models[model]
         context = shape.attention_pairs / shape.tokens
         costs = stage_costs(m.spec, m.dtype, self.hw, shape.tokens, context, shape.kv_read, m.tp, m.pp, layers)
-        return pipeline_seconds(costs, m.spec, m.dtype, self.hw, shape.tokens, min(1.0, share))
+        seconds = pipeline_seconds(costs, m.spec, m.dtype, self.hw, shape.tokens, min(1.0, share))
+        if seconds <= 0:
+            return seconds, (0.0, 0.0)
+        # Stages run on their own devices one after another: a device's mean use over the job.
+        device_seconds = len(costs) * seconds
+        compute = sum(c.flops for c in costs) / (self.hw.flops(m.dtype) * device_seconds)
+        bandwidth = sum(c.bytes for c in costs) / (self.hw.memory_bandwidth * device_seconds)
+        return seconds, (min(1.0, compute), min(1.0, bandwidth))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,10 @@ def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO
     else:
         prefill = max(m.prefill_share for m in mesh.models)
         shares = [prefill, max(1.0 - prefill, prefill)]
-    return SimDeviceSpec(f"mesh{mesh.id}", models, budget, policy, shares, device="cuda")
+    # GPU lanes are SM partitions over one memory: a model's batch split across lanes reads its
+    # weights once per lane, and decode is bandwidth bound, so a batch stays on one lane (MuxServe
+    # runs one decode job per LLM). CPU devices keep spreading: there a lane's cores are its compute.
+    return SimDeviceSpec(f"mesh{mesh.id}", models, budget, policy, shares, spread_batches=False, device="cuda")
 
 
 def roofline_factory(placement: PlacementFile):

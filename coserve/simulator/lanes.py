@@ -1,10 +1,17 @@
 """Simulated lanes: a job's duration comes from a cost model; its end is an event on the clock.
 
-Lanes of one device share more than their compute partition (memory bus, caches, the host that
-feeds them), so a job may run slower while another lane is busy. A cost model that knows how much
-(`slowdown(model, lane)`, measured by `coserve profile`) gets it applied as a rate: each job runs
-at 1 / slowdown of its alone speed while any other lane of the device runs, and its end moves
-whenever that changes.
+Lanes of one device share more than their compute partition, so a job may run slower while
+another lane is busy. Two kinds of sharing are modelled, each applied as a rate that moves a job's
+end whenever the set of running jobs changes:
+
+- compute and memory bandwidth, for cost models that know how much of each a job uses
+  (`timed(model, part, lane) -> (seconds, (compute, bandwidth))`, fractions of the device, the
+  roofline): running jobs share each resource max-min fairly, so a job using less than its fair
+  share keeps its speed, the others slow in proportion to what they get, and a job runs at its
+  slower resource's speed. Without this, two decode jobs on two lanes would each read at the full
+  bandwidth at once, and lanes whose shares add up past the device would compute past its peak;
+- a measured slowdown (`slowdown(model, lane)`, from `coserve profile`'s busy-neighbour runs): a
+  job runs at 1 / slowdown of its alone speed while any other lane of the device runs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from coserve.simulator.clock import VirtualClock
 # Simulated requests ignore EOS and stop at max_tokens, so the sampled id never matters.
 SIMULATED_TOKEN = 0
 
+
 def simulated_tokens(part: list[ScheduledRequest]) -> dict[str, int]:
     """What a batch part returns: one token for every row that completes its known tokens."""
     return {item.request.request_id: SIMULATED_TOKEN for item in part if item.completes_known_tokens}
@@ -27,11 +35,29 @@ def simulated_tokens(part: list[ScheduledRequest]) -> dict[str, int]:
 JobCost = Callable[[str, list[ScheduledRequest], int], float]  # (model, batch part, lane) -> seconds alone
 
 
+def fair_speeds(demands: list[float]) -> list[float]:
+    """Each job's speed (1 = as fast as alone) when jobs using `demands` (fractions of one resource
+    of the device, alone) share it max-min fairly: the smallest demands are met in full, the rest
+    split what is left evenly."""
+    speeds = [1.0] * len(demands)
+    left = 1.0
+    order = sorted(range(len(demands)), key=demands.__getitem__)
+    for k, i in enumerate(order):
+        fair = left / (len(order) - k)
+        if demands[i] > fair:
+            speeds[i] = fair / demands[i]
+            left -= fair
+        else:
+            left -= demands[i]
+    return speeds
+
+
 @dataclass
 class _Job:
     sampled: dict[str, int]
     alone_seconds: float
     slowdown: float  # duration multiplier while another lane runs
+    demands: tuple[float, ...]  # fractions of the device's compute and bandwidth it uses alone (() unmodelled)
     since: float  # when `left` was last brought up to date
     end: float
     left: float = 1.0  # fraction of the job still to run
@@ -51,21 +77,31 @@ class SimulatedLanes:
         self.clock = clock
         self.cost = cost
         self._slowdown = getattr(cost, "slowdown", None)  # optional: (model, lane) -> multiplier
+        self._timed = getattr(cost, "timed", None)  # optional: (model, part, lane) -> (seconds, demands)
         self._jobs: dict[int, _Job] = {}
 
     def submit(self, lane: int, model: str, engine: EngineCore, part: list[ScheduledRequest]) -> None:
-        seconds = self.cost(model, part, lane)
+        seconds, demands = self._timed(model, part, lane) if self._timed else (self.cost(model, part, lane), ())
         if seconds < 0:
             raise ValueError(f"the cost model gave a negative duration ({seconds}) for {model}")
         slowdown = self._slowdown(model, lane) if self._slowdown is not None else 1.0
         now = self.clock.now
-        self._jobs[lane] = _Job(simulated_tokens(part), seconds, slowdown, now, now + seconds)
+        self._jobs[lane] = _Job(simulated_tokens(part), seconds, slowdown, demands, now, now + seconds)
         self._rerate()
 
     def _rerate(self) -> None:
-        contended = len(self._jobs) > 1
-        for job in self._jobs.values():
-            job.rerate(self.clock.now, job.slowdown if contended else 1.0)
+        jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        if len(jobs) == 1:
+            jobs[0].rerate(self.clock.now, 1.0)
+            return
+        speeds = [1.0] * len(jobs)
+        for resource in range(max(len(job.demands) for job in jobs)):
+            shared = fair_speeds([job.demands[resource] if job.demands else 0.0 for job in jobs])
+            speeds = [min(a, b) for a, b in zip(speeds, shared)]
+        for job, speed in zip(jobs, speeds):
+            job.rerate(self.clock.now, job.slowdown / speed)
 
     def has_due_events(self) -> bool:
         now = self.clock.now
