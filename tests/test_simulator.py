@@ -201,7 +201,13 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
 
     result = json.loads(out.read_text())
     assert result["num_requests"] > 50 and result["request_throughput"] > 0
+    assert result["steady_request_throughput"] > 0
     assert 0 <= result["slo_attainment"] <= 1
+    # GPU lanes share one memory: a model's batch is never split across them.
+    from coserve.placement.placement_file import load_placement
+    from coserve.simulator.from_placement import devices_from_placement
+
+    assert not any(d.spread_batches for d in devices_from_placement(load_placement(placement)))
     assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["simulate", str(placement), "--rate-scale", "-1"]) == 2
 
