@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
-from coserve.placement.placement_file import load_placement
 from coserve.simulator.cli import simulate_args, simulate_placement
 
 PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
@@ -31,11 +30,24 @@ POLICIES = {"mux": ("greedy", "mux"), "temporal": ("greedy", "temporal"), "spati
 LENGTH_SPREAD = 0.9  # lengths uniform in mean x [0.1, 1.9]: as wide as a uniform around the mean allows
 
 
-def paper_config(alpha: float, scale: float) -> dict:
+def paper_config(alpha: float | None = None, scale: float = 1.0, nodes: int | None = None) -> dict:
+    """examples/plan_paper.yaml as a raw plan config: `alpha` when given, every rate times `scale`,
+    and on `nodes` nodes the rates scaled with the node count, so load per GPU stays put."""
     raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
-    raw["workload"]["alpha"] = alpha
+    if alpha is not None:
+        raw["workload"]["alpha"] = alpha
+    if nodes is not None:
+        scale *= nodes / raw["cluster"]["nodes"]
+        raw["cluster"]["nodes"] = nodes
     raw["workload"]["top_rate"] *= scale
     return raw
+
+
+def place(raw: dict, strategy: str, path: Path) -> float:
+    """Plan a raw config with `strategy`, write the placement to `path`; the seconds planning took."""
+    started = time.perf_counter()
+    write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), path)
+    return time.perf_counter() - started
 
 
 def planned_lengths(raw: dict) -> dict:
@@ -53,16 +65,14 @@ def simulate_point(alpha: float, scale: float, duration: float, workers: int, ou
     paths, plan_seconds = {}, {}
     for strategy in {POLICIES[p][0] for p in policies}:
         paths[strategy] = out_dir / f"placement_alpha{alpha}_scale{scale}_{strategy}.yaml"
-        started = time.perf_counter()
-        write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up")), strategy), paths[strategy])
-        plan_seconds[strategy] = time.perf_counter() - started
+        plan_seconds[strategy] = place(raw, strategy, paths[strategy])
     point = {}
     for policy in policies:
         strategy, sim_policy = POLICIES[policy]
         r = simulate_placement(simulate_args(str(paths[strategy]), policy=sim_policy, duration=duration,
                                              workers=workers, **planned_lengths(raw)))
         point[policy] = {"req_s": r["steady_request_throughput"], "req_s_whole_run": r["request_throughput"],
-                         "offered_req_s": sum(m.rate for m in load_placement(paths[strategy]).models),
+                         "offered_req_s": r["offered_request_rate"],
                          "slo_attainment": r["slo_attainment"] or 0.0, "wall_s": r["wall_seconds"],
                          "plan_s": plan_seconds[strategy]}
     return point

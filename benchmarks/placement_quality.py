@@ -32,15 +32,13 @@ import statistics
 import time
 from pathlib import Path
 
-from muxserve_eval import simulate_point
+from muxserve_eval import paper_config, simulate_point
 
 from coserve.errors import ConfigError
-from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan
+from coserve.placement import build_problem, parse_plan_config, plan
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER = ROOT / "examples" / "plan_paper.yaml"
 ALPHAS = (0.7, 0.9, 1.3, 1.7, 2.1)
-PAPER_TOP_RATE = 40.0  # MuxServe's max_rate at rate scale 1
 SATURATED_SCALE = 8.0  # rates at which the roofline cluster is past capacity under every alpha
 # Shapes a 4 x 80 GB node holds several of; the 65B and 70B need a whole mesh of their own.
 SHAPES = ("llama-7b", "llama2-7b", "llama3-8b", "mistral-7b", "qwen2-7b", "qwen2-0.5b", "llama-13b",
@@ -81,9 +79,7 @@ def gap_study(instances: int, seed: int) -> dict:
 
 
 def paper_problem(alpha: float, rate_scale: float):
-    raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
-    raw["workload"] = {**raw["workload"], "alpha": alpha, "top_rate": PAPER_TOP_RATE * rate_scale}
-    return build_problem(parse_plan_config(raw, str(PAPER)))
+    return build_problem(parse_plan_config(paper_config(alpha, rate_scale), "paper set-up"))
 
 
 def paper_study() -> dict:

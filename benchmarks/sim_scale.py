@@ -18,29 +18,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
-from muxserve_eval import planned_lengths
+from muxserve_eval import paper_config, place, planned_lengths
 
-from coserve.placement import build_problem, load_plan_config, parse_plan_config, plan, write_placement
-from coserve.placement.placement_file import load_placement
 from coserve.simulator.cli import simulate_args, simulate_placement
-
-PAPER = Path(__file__).resolve().parent.parent / "examples" / "plan_paper.yaml"
-
-
-def paper_config(nodes: int) -> dict:
-    raw = load_plan_config(PAPER).model_dump(exclude_unset=True)
-    raw["cluster"]["nodes"] = nodes
-    raw["workload"]["top_rate"] = raw["workload"]["top_rate"] * nodes / 4
-    return raw
-
-
-def placement_for(raw: dict, path: Path) -> float:
-    started = time.perf_counter()
-    write_placement(plan(build_problem(parse_plan_config(raw, "paper set-up"))), path)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -55,8 +37,8 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     for nodes in args.nodes:
         path = Path(args.output).with_name(f"placement_{nodes}nodes.yaml")
-        raw = paper_config(nodes)
-        plan_seconds = placement_for(raw, path)
+        raw = paper_config(nodes=nodes)
+        plan_seconds = place(raw, "greedy", path)
         for duration, workers in itertools.product(args.durations, args.workers):
             result = simulate_placement(simulate_args(str(path), duration=duration, workers=workers,
                                                       **planned_lengths(raw)))
@@ -66,7 +48,7 @@ def main() -> None:
                          "wall_s": result["wall_seconds"], "plan_s": plan_seconds,
                          "req_s": result["request_throughput"], "slo_attainment": result["slo_attainment"],
                          "steady_req_s": result["steady_request_throughput"],
-                         "offered_req_s": sum(m.rate for m in load_placement(path).models)})
+                         "offered_req_s": result["offered_request_rate"]})
             row = rows[-1]
             print(f"{row['gpus']:>4} GPUs {row['workers']} workers {row['devices']:>3} devices "
                   f"{row['requests']:>7} requests "

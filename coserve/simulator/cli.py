@@ -90,5 +90,6 @@ def simulate_placement(args: argparse.Namespace) -> dict:
             "wall_seconds": wall, "num_requests": len(records), "num_devices": len(devices),
             "policy": args.policy, "request_throughput": overall.request_throughput,
             "steady_request_throughput": steady_throughput(records, args.duration * WARMUP_SHARE, args.duration),
+            "offered_request_rate": sum(rates.values()),
             "output_throughput": overall.output_throughput, "slo_attainment": overall.slo_attainment,
             "ttft_p99_ms": overall.ttft_ms.p99, "tpot_p99_ms": overall.tpot_ms.p99}
