@@ -8,7 +8,7 @@ from coserve.execution import cpu_kernels
 
 
 @pytest.mark.parametrize("rows,cols,batch,bias", [(1, 7, 1, False), (13, 64, 3, True), (1728, 576, 1, False),
-                                                 (4099, 96, 4, True)])
+                                                 (4099, 96, 4, True), (4099, 1536, 7, False), (250, 9000, 8, True)])
 def test_small_batch_linear_matches_f_linear(rows, cols, batch, bias):
     module = cpu_kernels.load()
     assert module is not None, "the CPU kernels did not build"

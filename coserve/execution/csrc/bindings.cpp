@@ -6,5 +6,5 @@ torch::Tensor small_batch_linear(torch::Tensor x, torch::Tensor weight, c10::opt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "paged decode attention (CPU)");
-  m.def("small_batch_linear", &small_batch_linear, "x W^T (+ b) for at most 4 rows, float32 (CPU)");
+  m.def("small_batch_linear", &small_batch_linear, "x W^T (+ b) for at most 8 rows, float32 (CPU)");
 }

@@ -2,16 +2,20 @@
 //
 // At batch 1 a linear layer is a pass over its weights, so its speed is the memory bandwidth the
 // kernel reaches. BLAS GEMV reached about 13 GB/s here on two threads; streaming four weight rows
-// at a time with independent accumulators reaches about 30 GB/s.
+// at a time with independent accumulators reaches about 30 GB/s. Up to 8 rows the tiled walk
+// below (each tile of weights read from memory once, then from L2 for the other rows) beat
+// F.linear on one core: 24 vs 57 ms for a SmolLM2 step at 2 rows, 61 vs 62 ms at 8 rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace {
 
 constexpr int64_t kRowsPerStep = 4;
-constexpr int64_t kMaxBatch = 4;
+constexpr int64_t kMaxBatch = 8;
+constexpr int64_t kTileBytes = 256 * 1024;  // a tile of weight rows that stays in L2
 
 void rows_for_one_input(const float* __restrict x, const float* __restrict w, int64_t rows, int64_t cols,
                         float* __restrict y) {
@@ -47,7 +51,7 @@ void rows_for_one_input(const float* __restrict x, const float* __restrict w, in
 }  // namespace
 
 torch::Tensor small_batch_linear(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) <= kMaxBatch, "small_batch_linear takes at most 4 rows");
+  TORCH_CHECK(x.dim() == 2 && x.size(0) <= kMaxBatch, "small_batch_linear takes at most 8 rows");
   TORCH_CHECK(x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat, "float32 only");
   auto input = x.contiguous();
   auto w = weight.contiguous();
@@ -57,13 +61,18 @@ torch::Tensor small_batch_linear(torch::Tensor x, torch::Tensor weight, c10::opt
   const float* x_ptr = input.data_ptr<float>();
   const float* w_ptr = w.data_ptr<float>();
   float* y_ptr = out.data_ptr<float>();
-  // split the weight rows between threads in chunks that keep each thread streaming
+  // Split the weight rows between threads; within a thread, walk its rows in tiles small enough
+  // to stay in L2, and run every input row over a tile before moving on, so the weights stream
+  // from memory once per step however many rows the batch has.
+  const int64_t tile = std::max<int64_t>(kRowsPerStep, (kTileBytes / (cols * 4)) / kRowsPerStep * kRowsPerStep);
   at::parallel_for(0, rows / kRowsPerStep + 1, 16, [&](int64_t begin, int64_t end) {
     const int64_t first = begin * kRowsPerStep;
     const int64_t last = std::min(rows, end * kRowsPerStep);
-    if (first >= last) return;
-    for (int64_t b = 0; b < batch; ++b) {
-      rows_for_one_input(x_ptr + b * cols, w_ptr + first * cols, last - first, cols, y_ptr + b * rows + first);
+    for (int64_t start = first; start < last; start += tile) {
+      const int64_t stop = std::min(last, start + tile);
+      for (int64_t b = 0; b < batch; ++b) {
+        rows_for_one_input(x_ptr + b * cols, w_ptr + start * cols, stop - start, cols, y_ptr + b * rows + start);
+      }
     }
   });
   if (bias.has_value()) out.add_(bias.value());
