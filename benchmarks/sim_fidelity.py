@@ -20,7 +20,7 @@ from pathlib import Path
 
 from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
 
-from coserve.costmodel.profile import fit_profiles, profile_and_fit
+from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds
 from coserve.engine.config import EngineConfig
 from coserve.metrics import compute_metrics
 from coserve.simulator import SimCluster, SimDeviceSpec, SimModel
@@ -34,14 +34,16 @@ SETUPS = {"single": ["smollm2"], "mux": list(MODELS)}
 def cost_file(name: str, cores: int, args) -> FittedModel:
     """The cached fit, a new fit of the cached samples (--refit), or a new profile (--reprofile)."""
     path = COSTS / f"{name}.cpu-{cores}core.json"
+    config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
     if path.exists() and not args.reprofile:
         fitted = FittedModel.load(path)
         if not args.refit:
             return fitted
-        fitted, errors = fit_profiles(fitted.model, fitted.device, fitted.samples)
+        fitted, errors = fit_profiles(fitted.model, fitted.device, fitted.samples, regime_bounds(config))
     else:
-        config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
-        fitted, errors = profile_and_fit(config, [cores], "cpu-local")
+        busiest = next(iter(MODELS))  # the device's most popular model keeps the other lane busy
+        neighbour = EngineConfig(name=busiest, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[busiest])
+        fitted, errors = profile_and_fit(config, [cores], "cpu-local", neighbour=neighbour)
     print(f"fitted {name} on {cores} core(s): {errors}")
     COSTS.mkdir(exist_ok=True)
     fitted.save(path)

@@ -176,13 +176,53 @@ def test_a_refit_of_saved_samples_recovers_the_cost_and_the_slowdown_beside_a_bu
     alone = [(shape, float(np.dot(truth, shape.features()))) for shape in shapes]
     beside = [(shape, 1.3 * seconds) for shape, seconds in alone]
     fitted, errors = fit_profiles("m", "cpu", {"1": {"alone": alone, "beside": beside}})
-    assert np.allclose(fitted.coefficients["1"], truth, rtol=1e-6, atol=1e-12)
+    assert np.allclose(fitted.coefficients["1"][0].values, truth, rtol=1e-6, atol=1e-12)
     assert fitted.slowdown["1"] == pytest.approx(1.3)
     assert errors["1"]["median_abs_rel_error"] < 1e-9
     fitted.save(tmp_path / "m.json")
     again, _ = fit_profiles("m", "cpu", FittedModel.load(tmp_path / "m.json").samples)
-    assert np.allclose(again.coefficients["1"], truth, rtol=1e-6, atol=1e-12)
+    assert np.allclose(again.coefficients["1"][0].values, truth, rtol=1e-6, atol=1e-12)
     assert again.slowdown["1"] == pytest.approx(1.3)
+
+
+def test_a_fit_per_kernel_regime_recovers_both_laws_and_survives_the_cost_file(tmp_path):
+    """Jobs of up to 8 tokens follow one law and bigger jobs another (the engine switches kernels):
+    the fit split at 8 recovers each law and predicts each job from its own, where one line through
+    both misses a one-row step by more than 20%."""
+    import numpy as np
+
+    from coserve.costmodel.profile import fit_profiles
+    from coserve.simulator.cost import BatchShape, FittedModel
+
+    rng = np.random.default_rng(2)
+    small_law, large_law = [0.01, 0.004, 0.002, 2e-8, 1e-7], [0.09, 3e-3, 1e-3, 1e-6, 0.0]
+    small = [BatchShape(int(t), int(rng.integers(1, t + 1)), float(rng.integers(10, 5000)), int(rng.integers(0, 4096)))
+             for t in rng.integers(1, 9, 60)]
+    large = [BatchShape(int(t), int(rng.integers(1, 32)), float(rng.integers(10**3, 10**5)), 0)
+             for t in rng.integers(9, 512, 60)]
+    alone = [(s, float(np.dot(small_law, s.features()))) for s in small]
+    alone += [(s, float(np.dot(large_law, s.features()))) for s in large]
+    fitted, _ = fit_profiles("m", "cpu", {"1": {"alone": alone}}, bounds=(8,))
+    regimes = fitted.coefficients["1"]
+    assert [r.max_tokens for r in regimes] == [8, None]
+    assert np.allclose(regimes[0].values, small_law, rtol=1e-6, atol=1e-12)
+    assert np.allclose(regimes[1].values, large_law, rtol=1e-6, atol=1e-12)
+    fitted.save(tmp_path / "m.json")
+    one_row = BatchShape(1, 1, 300.0, 299)
+    truth = np.dot(small_law, one_row.features())
+    assert FittedModel.load(tmp_path / "m.json").seconds(one_row, "1") == pytest.approx(truth)
+    single, _ = fit_profiles("m", "cpu", {"1": {"alone": alone}})
+    assert abs(single.seconds(one_row, "1") / truth - 1) > 0.2
+
+
+def test_a_cost_file_from_before_regimes_loads_as_one_regime(tmp_path):
+    import json
+
+    from coserve.simulator.cost import BatchShape, FittedModel
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"model": "m", "device": "cpu", "coefficients": {"1": [0.5, 0.25, 0, 0, 0]}}))
+    assert FittedModel.load(path).seconds(BatchShape(4, 4, 10.0, 0), "1") == pytest.approx(1.5)
 
 
 def test_simulate_a_placement_from_the_planner(tmp_path):
@@ -294,3 +334,21 @@ def test_the_roofline_reports_the_share_of_the_device_a_job_uses():
     prefill = BatchShape(tokens=2048, sampled=1, attention_pairs=2048 * 1024.0, kv_read=0)
     seconds, (compute, bandwidth) = cost.seconds_and_demands("m", prefill, 0.5)
     assert compute == pytest.approx(0.5) and bandwidth < 0.2  # a prefill fills its half of the SMs
+
+
+def test_a_profile_beside_a_neighbour_lane_times_only_the_profiled_models_jobs(monkeypatch):
+    """The profiled model runs on lane 0 while a neighbour model keeps lane 1 of the same device
+    busy: every timed job is the profiled model's (their new tokens add up to its prompts and
+    outputs, less the untimed warm-up job), and the run ends when the profiled requests do."""
+    import coserve.costmodel.profile as prof
+    from coserve.engine.config import EngineConfig
+
+    lengths = [(40, 6), (25, 9), (60, 3)]
+    monkeypatch.setattr(prof, "shape_mix", lambda seed, max_prompt: [(4, lengths)])
+    config = EngineConfig(model="random:llama-tiny", name="m", max_num_seqs=4, max_num_batched_tokens=128)
+    neighbour = EngineConfig(model="random:llama-tiny", name="other", max_num_seqs=4, max_num_batched_tokens=128)
+    cores = prof.available_cores()
+    samples = prof.profile(config, cores[:1], neighbour=neighbour, neighbour_cores=cores[-1:])
+    # one prefill job of all three prompts (the untimed warm-up), then one decode row per output token
+    assert sum(shape.tokens for shape, _ in samples) == sum(out - 1 for _, out in lengths)
+    assert all(seconds > 0 for _, seconds in samples)

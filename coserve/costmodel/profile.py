@@ -5,35 +5,36 @@ profiles run back to back, so that span is the job plus the host work around it 
 last tokens, scheduling, preparing the batch), which is what a simulated lane must reproduce.
 The mix covers prompt-heavy and decode-heavy batches at several batch sizes; the fit is least
 squares over BatchShape's features with coefficients kept non-negative (a negative cost per
-token would predict faster steps for bigger batches).
+token would predict faster steps for bigger batches), one fit per batch-size regime where the
+engine changes kernels (float32 on CPU: our GEMV up to cpu_kernels.SMALL_BATCH rows, BLAS above).
 
-A lane that leaves cores free is profiled a second time with the same model generating on those
-cores (a busy neighbour lane): the median of measured over predicted-alone spans is its slowdown
+A lane that leaves cores free is profiled a second time beside a busy neighbour: a second lane of
+the same device, on those cores, generating with another model (by default the same one) through
+the same host process. The median of measured over predicted-alone spans is the lane's slowdown
 beside busy lanes, which the simulator applies while another lane of the device runs.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.engine.llm_engine import LLMEngine
+from coserve.execution.cpu_kernels import SMALL_BATCH
 from coserve.execution.process_lanes import ProcessLanes
 from coserve.sampling_params import SamplingParams
-from coserve.simulator.cost import BatchShape, FittedModel, batch_shape
+from coserve.simulator.cost import BatchShape, CostRegime, FittedModel, batch_shape
 
 
 class TimedLanes:
     """Real lanes run back to back; each job's shape and span (previous end to its end) recorded."""
 
-    def __init__(self, inner: ProcessLanes):
+    def __init__(self, inner: ProcessLanes, timed_lane: int | None = None):
         self.inner = inner
+        self.timed_lane = timed_lane  # None: every lane
         self.num_lanes = inner.num_lanes
         self.samples: list[tuple[BatchShape, float]] = []
         self._started: dict[int, tuple[BatchShape, float]] = {}
@@ -49,7 +50,8 @@ class TimedLanes:
         now = time.perf_counter()
         for lane, _ in results:
             shape, started = self._started.pop(lane)
-            self.samples.append((shape, now - started))
+            if self.timed_lane in (None, lane):
+                self.samples.append((shape, now - started))
             self._last_end[lane] = now
         return results
 
@@ -62,65 +64,57 @@ def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tupl
     and long decodes at batch sizes 1 to 32, so every feature varies on its own."""
     rng = np.random.default_rng(seed)
     runs = []
-    for batch in (1, 4, 16, 32):
+    for batch in (1, 4, 8, 16, 32):
         lengths = [(int(rng.integers(8, max_prompt)), int(rng.integers(8, 48))) for _ in range(batch * 2)]
         runs.append((batch, lengths))
     runs.append((8, [(max_prompt, 1) for _ in range(4)]))
     return runs
 
 
-def _neighbour(config: EngineConfig, cores: list[int], ready, stop) -> None:
-    """A busy lane next door: the model generating batches of 8 on `cores` until told to stop."""
-    import torch
-
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    torch.set_num_threads(len(cores))
-    engine = LLMEngine(config)
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    ready.set()
-    while not stop.is_set():
-        for i in range(8):
-            engine.add_request([100 + i] * 96, params)
-        while engine.has_unfinished_requests() and not stop.is_set():
-            engine.step()
+NEIGHBOUR = "neighbour"
+NEIGHBOUR_REQUESTS = 4  # what the neighbour lane keeps in flight: prefill chunks beside decode rows
 
 
-@contextmanager
-def busy_neighbour(config: EngineConfig, cores: list[int]):
-    context = mp.get_context("spawn")
-    ready, stop = context.Event(), context.Event()
-    process = context.Process(target=_neighbour, args=(config, cores, ready, stop), daemon=True)
-    process.start()
-    try:
-        if not ready.wait(300):
-            raise RuntimeError("the busy neighbour lane did not start")
-        yield
-    finally:
-        stop.set()
-        process.join(30)
-        if process.is_alive():
-            process.kill()
+def _keep_busy(engine: LLMEngine | None, rng: np.random.Generator) -> None:
+    """Top the neighbour up to NEIGHBOUR_REQUESTS requests of 96 prompt and 32 output tokens."""
+    while engine is not None and len(engine.states) < NEIGHBOUR_REQUESTS:
+        prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=96).tolist()
+        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
 
 
-def profile(config: EngineConfig, cores: list[int], seed: int = 0) -> list[tuple[BatchShape, float]]:
+def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: EngineConfig | None = None,
+            neighbour_cores: list[int] | None = None) -> list[tuple[BatchShape, float]]:
+    """Timed jobs of `config` on a lane of `cores`. With a `neighbour`, the same device runs that
+    model on a second lane (`neighbour_cores`) all the while, through the same host process: the
+    neighbour's memory traffic and its share of the host work both slow the timed lane, as they
+    do when the device's policy runs two models at once."""
     samples: list[tuple[BatchShape, float]] = []
     for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2)):
         run_config = EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs})
-        engine = LLMEngine(run_config)
-        lanes = TimedLanes(ProcessLanes({run_config.name: engine}, [cores]))
-        device = DeviceEngine({run_config.name: engine}, "temporal", executor=lanes)
+        engines = {run_config.name: LLMEngine(run_config)}
+        lane_cores = [cores]
+        if neighbour is not None:
+            engines[NEIGHBOUR] = LLMEngine(EngineConfig(**{**neighbour.__dict__, "name": NEIGHBOUR}))
+            lane_cores.append(neighbour_cores)
+        lanes = TimedLanes(ProcessLanes(engines, lane_cores), timed_lane=0)
+        device = DeviceEngine(engines, "spatial" if neighbour else "temporal", executor=lanes,
+                              spread_batches=False)
+        engine = engines[run_config.name]
         try:
             rng = np.random.default_rng(seed)
             for prompt_len, output_len in lengths:
                 prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=prompt_len).tolist()
                 engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True))
-            while device.has_unfinished_requests():
+            while engine.has_unfinished_requests():
+                _keep_busy(engines.get(NEIGHBOUR), rng)
                 device.step()
         finally:
             device.close()
         samples += lanes.samples[1:]  # the first job of a fresh lane pays for warming its caches
     return samples
+
+
+MIN_SAMPLES_PER_REGIME = 20  # four per coefficient
 
 
 def fit(samples: list[tuple[BatchShape, float]]) -> list[float]:
@@ -144,33 +138,51 @@ def fit(samples: list[tuple[BatchShape, float]]) -> list[float]:
     return full
 
 
+def fit_regimes(samples: list[tuple[BatchShape, float]], bounds: tuple[int, ...] = ()) -> list[CostRegime]:
+    """One fit per regime of new tokens per job, split at `bounds`; a regime with too few samples
+    to fit is left to the next one up."""
+    regimes, low = [], 0
+    for bound in (*sorted(bounds), None):
+        chosen = [(shape, t) for shape, t in samples if shape.tokens > low and (bound is None or shape.tokens <= bound)]
+        if len(chosen) >= MIN_SAMPLES_PER_REGIME or (bound is None and chosen):
+            regimes.append(CostRegime(bound, fit(chosen)))
+        low = bound
+    return regimes
+
+
+def regime_bounds(config: EngineConfig) -> tuple[int, ...]:
+    """Where the engine changes kernels with the batch size, for the lanes `profile` times (CPU)."""
+    return (SMALL_BATCH,) if config.dtype == "float32" else ()
+
+
 def _ratios(model: FittedModel, size: str, samples: list[tuple[BatchShape, float]]) -> np.ndarray:
     """Measured over predicted span of each sample."""
     predicted = np.array([model.seconds(shape, size) for shape, _ in samples])
     return np.array([seconds for _, seconds in samples]) / predicted
 
 
-def profile_lanes(config: EngineConfig, lane_sizes: list[int], contention: bool = True) -> dict[str, dict]:
-    """Timed jobs per lane size (cores): "alone", and "beside" a busy lane on the cores left over
-    (where cores are left, unless `contention` is off)."""
+def profile_lanes(config: EngineConfig, lane_sizes: list[int], contention: bool = True,
+                  neighbour: EngineConfig | None = None) -> dict[str, dict]:
+    """Timed jobs per lane size (cores): "alone", and "beside" a busy lane of `neighbour` (default:
+    the same model) on the cores left over (where cores are left, unless `contention` is off)."""
     cores = available_cores()
     profiles = {}
     for size in lane_sizes:
         runs = {"alone": profile(config, cores[:size])}
         if contention and size < len(cores):
-            with busy_neighbour(config, cores[size:]):
-                runs["beside"] = profile(config, cores[:size])
+            runs["beside"] = profile(config, cores[:size], neighbour=neighbour or config, neighbour_cores=cores[size:])
         profiles[str(size)] = runs
     return profiles
 
 
-def fit_profiles(name: str, device: str, profiles: dict[str, dict]) -> tuple[FittedModel, dict]:
-    """One fit per lane size, its slowdown beside a busy lane (median measured over predicted-alone
-    span), and each fit's relative error on its own samples; the samples stay in the cost file, so
-    a later fit needs no new profile."""
+def fit_profiles(name: str, device: str, profiles: dict[str, dict],
+                 bounds: tuple[int, ...] = ()) -> tuple[FittedModel, dict]:
+    """One fit per lane size and batch-size regime (split at `bounds`), its slowdown beside a busy
+    lane (median measured over predicted-alone span), and each fit's relative error on its own
+    samples; the samples stay in the cost file, so a later fit needs no new profile."""
     coefficients, slowdown, errors = {}, {}, {}
     for key, runs in profiles.items():
-        coefficients[key] = fit(runs["alone"])
+        coefficients[key] = fit_regimes(runs["alone"], bounds)
         model = FittedModel(name, device, {key: coefficients[key]})
         errors[key] = {"samples": len(runs["alone"]),
                        "median_abs_rel_error": float(np.median(np.abs(_ratios(model, key, runs["alone"]) - 1)))}
@@ -180,6 +192,7 @@ def fit_profiles(name: str, device: str, profiles: dict[str, dict]) -> tuple[Fit
     return FittedModel(name, device, coefficients, slowdown, profiles), errors
 
 
-def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str,
-                    contention: bool = True) -> tuple[FittedModel, dict]:
-    return fit_profiles(config.name, device, profile_lanes(config, lane_sizes, contention))
+def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str, contention: bool = True,
+                    neighbour: EngineConfig | None = None) -> tuple[FittedModel, dict]:
+    profiles = profile_lanes(config, lane_sizes, contention, neighbour)
+    return fit_profiles(config.name, device, profiles, regime_bounds(config))

@@ -93,6 +93,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lane-cores", type=int, nargs="+", default=[1, 2], help="lane sizes to profile (cores)")
     p.add_argument("--no-contention", action="store_true",
                    help="skip timing each lane beside a busy lane on the remaining cores")
+    p.add_argument("--neighbour", default=None,
+                   help="the model the busy lane runs (default: --model); e.g. the device's most popular model")
     p.add_argument("-o", "--output", required=True, help="cost file (JSON) to write")
     p.set_defaults(func=_profile)
 
@@ -105,9 +107,13 @@ def _profile(args: argparse.Namespace) -> int:
 
     config = EngineConfig(model=args.model, name=args.name, tokenizer=args.tokenizer, dtype=args.dtype,
                           max_num_batched_tokens=512)
-    fitted, errors = profile_and_fit(config, args.lane_cores, args.device, contention=not args.no_contention)
+    neighbour = None
+    if args.neighbour:
+        neighbour = EngineConfig(model=args.neighbour, dtype=args.dtype, max_num_batched_tokens=512)
+    fitted, errors = profile_and_fit(config, args.lane_cores, args.device, contention=not args.no_contention,
+                                     neighbour=neighbour)
     fitted.save(args.output)
-    print(json.dumps({"coefficients": fitted.coefficients, "fit": errors}, indent=1))
+    print(json.dumps({"coefficients": fitted.coefficients_json(), "fit": errors}, indent=1))
     return 0
 
 

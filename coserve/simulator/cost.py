@@ -96,13 +96,28 @@ class RooflineCost:
 
 
 @dataclass(frozen=True)
+class CostRegime:
+    """Coefficients (COEFFICIENT_NAMES order) for jobs of at most `max_tokens` new tokens (None: any
+    number). The engine changes kernels with the batch size (on CPU, our GEMV up to
+    cpu_kernels.SMALL_BATCH rows, BLAS above), and one line through both regimes fits neither: it
+    overpredicted one-row decode steps by up to 1.9x."""
+
+    max_tokens: int | None
+    values: list[float]
+
+    def covers(self, tokens: int) -> bool:
+        return self.max_tokens is None or tokens <= self.max_tokens
+
+
+@dataclass(frozen=True)
 class FittedModel:
-    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features, and how
-    much longer a job of that lane takes while the device's other lanes run (1.0 when unmeasured)."""
+    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features, with
+    the coefficients of the job's batch-size regime, and how much longer a job of that lane takes
+    while the device's other lanes run (1.0 when unmeasured)."""
 
     model: str
     device: str
-    coefficients: dict[str, list[float]]  # lane size (as a string key) -> COEFFICIENT_NAMES values
+    coefficients: dict[str, list[CostRegime]]  # lane size (as a string key) -> regimes, smallest first
     slowdown: dict[str, float] = field(default_factory=dict)  # lane size -> multiplier beside busy lanes
     # lane size -> {"alone" | "beside": [(shape, seconds), ...]}: the timed jobs the fit came from
     samples: dict[str, dict[str, list[tuple[BatchShape, float]]]] = field(default_factory=dict, repr=False)
@@ -111,13 +126,19 @@ class FittedModel:
         if lane_size not in self.coefficients:
             raise ConfigError(f"the cost file of {self.model} on {self.device} has no profile for lanes of "
                               f"{lane_size}; profiled: {sorted(self.coefficients)}")
-        return max(0.0, sum(c * x for c, x in zip(self.coefficients[lane_size], shape.features())))
+        regimes = self.coefficients[lane_size]
+        regime = next((r for r in regimes if r.covers(shape.tokens)), regimes[-1])
+        return max(0.0, sum(c * x for c, x in zip(regime.values, shape.features())))
+
+    def coefficients_json(self) -> dict[str, list[dict]]:
+        return {size: [{"max_tokens": r.max_tokens, "values": r.values} for r in regimes]
+                for size, regimes in self.coefficients.items()}
 
     def save(self, path: str | Path) -> None:
         samples = {size: {run: [[*dataclasses.astuple(shape), seconds] for shape, seconds in jobs]
                           for run, jobs in runs.items()} for size, runs in self.samples.items()}
         body = {"model": self.model, "device": self.device, "features": COEFFICIENT_NAMES,
-                "coefficients": self.coefficients, "slowdown_beside_busy_lanes": self.slowdown,
+                "coefficients": self.coefficients_json(), "slowdown_beside_busy_lanes": self.slowdown,
                 "samples": samples}
         Path(path).write_text(json.dumps(body, indent=1))
 
@@ -128,10 +149,19 @@ class FittedModel:
             samples = {size: {run: [(BatchShape(int(t), int(n), float(p), int(k)), float(sec))
                                     for t, n, p, k, sec in jobs] for run, jobs in runs.items()}
                        for size, runs in body.get("samples", {}).items()}
-            return cls(body["model"], body["device"], body["coefficients"],
+            coefficients = {size: _regimes(values) for size, values in body["coefficients"].items()}
+            return cls(body["model"], body["device"], coefficients,
                        body.get("slowdown_beside_busy_lanes", {}), samples)
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
+
+
+def _regimes(values: list) -> list[CostRegime]:
+    """A cost file's regimes; files from before regimes hold one list of numbers for all jobs."""
+    if values and all(isinstance(v, (int, float)) for v in values):
+        return [CostRegime(None, [float(v) for v in values])]
+    return [CostRegime(None if r["max_tokens"] is None else int(r["max_tokens"]), [float(v) for v in r["values"]])
+            for r in values]
 
 
 class FittedCost:
