@@ -1,6 +1,6 @@
 """Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
 
-    python benchmarks/sim_fidelity.py [--num-prompts 64] [--repeats 2] [--rate 1.0] [--reprofile | --refit]
+    python benchmarks/sim_fidelity.py [--num-prompts 192] [--repeats 2] [--rate 1.0] [--reprofile | --refit]
 
 Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
@@ -105,17 +105,15 @@ def run_setup(setup: str, args) -> dict:
 
 def merged(name: str, sizes: list[int], args) -> FittedModel:
     """One model's fits for several lane sizes, as one FittedModel."""
-    coefficients, slowdown = {}, {}
+    coefficients = {}
     for size in sizes:
-        fitted = cost_file(name, size, args)
-        coefficients.update(fitted.coefficients)
-        slowdown.update(fitted.slowdown)
-    return FittedModel(name, "cpu-local", coefficients, slowdown)
+        coefficients.update(cost_file(name, size, args).coefficients)
+    return FittedModel(name, "cpu-local", coefficients)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--num-prompts", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=2, help="real runs per set-up (measured = their mean)")
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=1.3)

@@ -177,18 +177,18 @@ def test_a_refit_of_saved_samples_recovers_the_cost_and_the_slowdown_beside_a_bu
     beside = [(shape, 1.3 * seconds) for shape, seconds in alone]
     fitted, errors = fit_profiles("m", "cpu", {"1": {"alone": alone, "beside": beside}})
     assert np.allclose(fitted.coefficients["1"][0].values, truth, rtol=1e-6, atol=1e-12)
-    assert fitted.slowdown["1"] == pytest.approx(1.3)
+    assert fitted.coefficients["1"][0].beside == pytest.approx(1.3)
     assert errors["1"]["median_abs_rel_error"] < 1e-9
     fitted.save(tmp_path / "m.json")
     again, _ = fit_profiles("m", "cpu", FittedModel.load(tmp_path / "m.json").samples)
     assert np.allclose(again.coefficients["1"][0].values, truth, rtol=1e-6, atol=1e-12)
-    assert again.slowdown["1"] == pytest.approx(1.3)
+    assert again.coefficients["1"][0].beside == pytest.approx(1.3)
 
 
 def test_a_fit_per_kernel_regime_recovers_both_laws_and_survives_the_cost_file(tmp_path):
     """Jobs of up to 8 tokens follow one law and bigger jobs another (the engine switches kernels):
-    the fit split at 8 recovers each law and predicts each job from its own, where one line through
-    both misses a one-row step by more than 20%."""
+    the fit split at 8 recovers each law and each regime's own slowdowns, predicts each job from its
+    own, where one line through both misses a one-row step by more than 20%."""
     import numpy as np
 
     from coserve.costmodel.profile import fit_profiles
@@ -202,15 +202,21 @@ def test_a_fit_per_kernel_regime_recovers_both_laws_and_survives_the_cost_file(t
              for t in rng.integers(9, 512, 60)]
     alone = [(s, float(np.dot(small_law, s.features()))) for s in small]
     alone += [(s, float(np.dot(large_law, s.features()))) for s in large]
-    fitted, _ = fit_profiles("m", "cpu", {"1": {"alone": alone}}, bounds=(8,))
+    # memory-bound small jobs suffer most split in lockstep, compute-bound large ones beside others
+    beside = [(s, t * (1.05 if s.tokens <= 8 else 1.3)) for s, t in alone]
+    split = [(s, t * (1.4 if s.tokens <= 8 else 1.02)) for s, t in alone]
+    fitted, _ = fit_profiles("m", "cpu", {"1": {"alone": alone, "beside": beside, "split": split}}, bounds=(8,))
     regimes = fitted.coefficients["1"]
     assert [r.max_tokens for r in regimes] == [8, None]
+    assert [(r.beside, r.split) for r in regimes] == [pytest.approx((1.05, 1.4)), pytest.approx((1.3, 1.02))]
     assert np.allclose(regimes[0].values, small_law, rtol=1e-6, atol=1e-12)
     assert np.allclose(regimes[1].values, large_law, rtol=1e-6, atol=1e-12)
     fitted.save(tmp_path / "m.json")
     one_row = BatchShape(1, 1, 300.0, 299)
     truth = np.dot(small_law, one_row.features())
-    assert FittedModel.load(tmp_path / "m.json").seconds(one_row, "1") == pytest.approx(truth)
+    again = FittedModel.load(tmp_path / "m.json")
+    assert again.seconds(one_row, "1") == pytest.approx(truth)
+    assert [(r.beside, r.split) for r in again.coefficients["1"]] == [(r.beside, r.split) for r in regimes]
     single, _ = fit_profiles("m", "cpu", {"1": {"alone": alone}})
     assert abs(single.seconds(one_row, "1") / truth - 1) > 0.2
 
@@ -258,8 +264,9 @@ class _SlowedBeside:
     def __call__(self, model, part, lane):
         return {"a": 1.0, "b": 1.0}[model]
 
-    def slowdown(self, model, lane):
-        return {"a": 1.5, "b": 2.0}[model]
+    def interference(self, model, part, lane):
+        beside = {"a": 1.5, "b": 2.0}[model]
+        return beside, beside
 
 
 def test_a_lane_runs_slower_only_while_another_lane_is_busy():
@@ -280,6 +287,30 @@ def test_a_lane_runs_slower_only_while_another_lane_is_busy():
     assert lanes.next_event_time() == pytest.approx(1.875)
     clock.advance_to(lanes.next_event_time())
     assert [lane for lane, _ in lanes.wait()] == [1] and lanes.next_event_time() is None
+
+
+class _SlowedWhenSplit(_SlowedBeside):
+    def interference(self, model, part, lane):
+        return {"a": 1.5, "b": 2.0}[model], {"a": 1.25, "b": 3.0}[model]
+
+
+def test_the_parts_of_a_split_batch_run_at_the_split_slowdown_and_beside_others_at_the_other():
+    """Closed form: a's batch split over lanes 0 and 1 (1 s alone each, x1.25 while split) ends at
+    1.25 on both; then a (lane 0) beside b (lane 1), started together at 1.25, take the beside
+    slowdowns: a ends at 1.25 + 1.5, b does 0.75 of its work by then, and its last quarter alone."""
+    from coserve.simulator import SimulatedLanes
+
+    clock = VirtualClock()
+    lanes = SimulatedLanes(2, clock, _SlowedWhenSplit())
+    lanes.submit(0, "a", None, [])
+    lanes.submit(1, "a", None, [])
+    clock.advance_to(lanes.next_event_time())
+    assert clock.now == pytest.approx(1.25) and [lane for lane, _ in lanes.wait()] == [0, 1]
+    lanes.submit(0, "a", None, [])
+    lanes.submit(1, "b", None, [])
+    clock.advance_to(lanes.next_event_time())
+    assert clock.now == pytest.approx(2.75) and [lane for lane, _ in lanes.wait()] == [0]
+    assert lanes.next_event_time() == pytest.approx(3.0)
 
 
 class _RooflineLike:

@@ -10,8 +10,9 @@ engine changes kernels (float32 on CPU: our GEMV up to cpu_kernels.SMALL_BATCH r
 
 A lane that leaves cores free is profiled a second time beside a busy neighbour: a second lane of
 the same device, on those cores, generating with another model (by default the same one) through
-the same host process. The median of measured over predicted-alone spans is the lane's slowdown
-beside busy lanes, which the simulator applies while another lane of the device runs.
+the same host process; and where two lanes of its size fit, with its batches split over both. Per
+kernel regime, total measured over total predicted-alone span is the lane's slowdown beside a busy
+lane, and split, which the simulator applies while another lane of the device runs.
 """
 
 from __future__ import annotations
@@ -59,6 +60,42 @@ class TimedLanes:
         self.inner.close()
 
 
+class TimedSplitBatches:
+    """Real lanes running one model's batches split over several lanes, one batch at a time: each
+    split batch recorded as (its largest part's shape, previous batch end to its last part's end),
+    so the ratio to the part's alone cost holds the lanes' interference and the wait for the
+    slower part. Batches that ran on one lane are not recorded."""
+
+    def __init__(self, inner: ProcessLanes):
+        self.inner = inner
+        self.num_lanes = inner.num_lanes
+        self.samples: list[tuple[BatchShape, float]] = []
+        self._parts: list[BatchShape] = []
+        self._in_flight: set[int] = set()
+        self._batch_start = self._last_end = None
+
+    def submit(self, lane, model, engine, part):
+        if not self._in_flight:
+            self._parts = []
+            self._batch_start = self._last_end or time.perf_counter()
+        self._parts.append(batch_shape(part))
+        self._in_flight.add(lane)
+        self.inner.submit(lane, model, engine, part)
+
+    def wait(self):
+        results = self.inner.wait()
+        self._in_flight -= {lane for lane, _ in results}
+        if not self._in_flight:
+            self._last_end = time.perf_counter()
+            if len(self._parts) > 1:
+                largest = max(self._parts, key=lambda shape: (shape.tokens, shape.kv_read))
+                self.samples.append((largest, self._last_end - self._batch_start))
+        return results
+
+    def close(self):
+        self.inner.close()
+
+
 def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tuple[int, int]]]]:
     """(max_num_seqs, [(prompt_len, output_len)]) runs: long prompts alone, short prompts batched,
     and long decodes at batch sizes 1 to 32, so every feature varies on its own."""
@@ -82,36 +119,56 @@ def _keep_busy(engine: LLMEngine | None, rng: np.random.Generator) -> None:
         engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
 
 
-def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: EngineConfig | None = None,
-            neighbour_cores: list[int] | None = None) -> list[tuple[BatchShape, float]]:
-    """Timed jobs of `config` on a lane of `cores`. With a `neighbour`, the same device runs that
-    model on a second lane (`neighbour_cores`) all the while, through the same host process: the
-    neighbour's memory traffic and its share of the host work both slow the timed lane, as they
-    do when the device's policy runs two models at once."""
+def _run_mix(config: EngineConfig, seed: int, make_device) -> list[tuple[BatchShape, float]]:
+    """The shape mix through fresh devices from `make_device(engine) -> (device, timer, neighbour)`."""
     samples: list[tuple[BatchShape, float]] = []
     for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2)):
-        run_config = EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs})
-        engines = {run_config.name: LLMEngine(run_config)}
-        lane_cores = [cores]
-        if neighbour is not None:
-            engines[NEIGHBOUR] = LLMEngine(EngineConfig(**{**neighbour.__dict__, "name": NEIGHBOUR}))
-            lane_cores.append(neighbour_cores)
-        lanes = TimedLanes(ProcessLanes(engines, lane_cores), timed_lane=0)
-        device = DeviceEngine(engines, "spatial" if neighbour else "temporal", executor=lanes,
-                              spread_batches=False)
-        engine = engines[run_config.name]
+        engine = LLMEngine(EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs}))
+        device, timer, neighbour = make_device(engine)
         try:
             rng = np.random.default_rng(seed)
             for prompt_len, output_len in lengths:
                 prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=prompt_len).tolist()
                 engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True))
             while engine.has_unfinished_requests():
-                _keep_busy(engines.get(NEIGHBOUR), rng)
+                _keep_busy(neighbour, rng)
                 device.step()
         finally:
             device.close()
-        samples += lanes.samples[1:]  # the first job of a fresh lane pays for warming its caches
+        samples += timer.samples[1:]  # the first job of a fresh lane pays for warming its caches
     return samples
+
+
+def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: EngineConfig | None = None,
+            neighbour_cores: list[int] | None = None) -> list[tuple[BatchShape, float]]:
+    """Timed jobs of `config` on a lane of `cores`. With a `neighbour`, the same device runs that
+    model on a second lane (`neighbour_cores`) all the while, through the same host process: the
+    neighbour's memory traffic and its share of the host work both slow the timed lane, as they
+    do when the device's policy runs two models at once."""
+
+    def make_device(engine):
+        engines = {engine.config.name: engine}
+        lane_cores = [cores]
+        if neighbour is not None:
+            engines[NEIGHBOUR] = LLMEngine(EngineConfig(**{**neighbour.__dict__, "name": NEIGHBOUR}))
+            lane_cores.append(neighbour_cores)
+        timer = TimedLanes(ProcessLanes(engines, lane_cores), timed_lane=0)
+        policy = "spatial" if neighbour else "temporal"
+        return DeviceEngine(engines, policy, executor=timer, spread_batches=False), timer, engines.get(NEIGHBOUR)
+
+    return _run_mix(config, seed, make_device)
+
+
+def profile_split(config: EngineConfig, lane_cores: list[list[int]], seed: int = 0) -> list[tuple[BatchShape, float]]:
+    """Batches of `config` split over lanes of `lane_cores` (as a device spreads a batch no other
+    model waits for), timed per batch by TimedSplitBatches."""
+
+    def make_device(engine):
+        engines = {engine.config.name: engine}
+        timer = TimedSplitBatches(ProcessLanes(engines, lane_cores))
+        return DeviceEngine(engines, "mux", executor=timer, spread_batches=True), timer, None
+
+    return _run_mix(config, seed, make_device)
 
 
 MIN_SAMPLES_PER_REGIME = 20  # four per coefficient
@@ -163,33 +220,58 @@ def _ratios(model: FittedModel, size: str, samples: list[tuple[BatchShape, float
 
 def profile_lanes(config: EngineConfig, lane_sizes: list[int], contention: bool = True,
                   neighbour: EngineConfig | None = None) -> dict[str, dict]:
-    """Timed jobs per lane size (cores): "alone", and "beside" a busy lane of `neighbour` (default:
-    the same model) on the cores left over (where cores are left, unless `contention` is off)."""
+    """Timed jobs per lane size (cores): "alone"; where cores are left over (unless `contention` is
+    off), "beside" a busy lane of `neighbour` (default: the same model) on them; where two lanes of
+    the size fit, "split": batches spread over two such lanes."""
     cores = available_cores()
     profiles = {}
     for size in lane_sizes:
         runs = {"alone": profile(config, cores[:size])}
         if contention and size < len(cores):
             runs["beside"] = profile(config, cores[:size], neighbour=neighbour or config, neighbour_cores=cores[size:])
+        if contention and 2 * size <= len(cores):
+            runs["split"] = profile_split(config, [cores[:size], cores[size:2 * size]])
         profiles[str(size)] = runs
     return profiles
 
 
 def fit_profiles(name: str, device: str, profiles: dict[str, dict],
                  bounds: tuple[int, ...] = ()) -> tuple[FittedModel, dict]:
-    """One fit per lane size and batch-size regime (split at `bounds`), its slowdown beside a busy
-    lane (median measured over predicted-alone span), and each fit's relative error on its own
-    samples; the samples stay in the cost file, so a later fit needs no new profile."""
-    coefficients, slowdown, errors = {}, {}, {}
+    """One fit per lane size and batch-size regime (split at `bounds`); per regime, the slowdowns
+    beside a busy lane and split over lanes (see _slowdowns); and each fit's
+    relative error on its own samples. The samples stay in the cost file, so a later fit needs no
+    new profile."""
+    coefficients, errors = {}, {}
     for key, runs in profiles.items():
-        coefficients[key] = fit_regimes(runs["alone"], bounds)
-        model = FittedModel(name, device, {key: coefficients[key]})
+        regimes = fit_regimes(runs["alone"], bounds)
+        model = FittedModel(name, device, {key: regimes})
         errors[key] = {"samples": len(runs["alone"]),
                        "median_abs_rel_error": float(np.median(np.abs(_ratios(model, key, runs["alone"]) - 1)))}
-        if runs.get("beside"):
-            slowdown[key] = max(1.0, float(np.median(_ratios(model, key, runs["beside"]))))
-            errors[key]["slowdown_beside_busy_lane"] = slowdown[key]
-    return FittedModel(name, device, coefficients, slowdown, profiles), errors
+        beside = _slowdowns(model, key, runs.get("beside", []))
+        split = _slowdowns(model, key, runs.get("split", []))
+        coefficients[key] = [CostRegime(r.max_tokens, r.values, beside.get(r.max_tokens, 1.0),
+                                        split.get(r.max_tokens)) for r in regimes]
+        errors[key]["slowdown_beside_busy_lane"] = beside
+        errors[key]["slowdown_split_batch"] = split
+    return FittedModel(name, device, coefficients, profiles), errors
+
+
+def _slowdowns(model: FittedModel, key: str, samples: list[tuple[BatchShape, float]]) -> dict:
+    """Regime (max_tokens) -> max(1, total measured over total predicted-alone span of its jobs),
+    or of all jobs where the regime has too few; {} without samples. Totals, not a median: the
+    slow tail (a job that waited for the host process behind the other lane) is time that requests
+    wait too, and the fit itself is unbiased in total (least squares with a constant term)."""
+    if not samples:
+        return {}
+
+    def ratio(chosen):
+        return max(1.0, sum(t for _, t in chosen) / sum(model.seconds(shape, key) for shape, _ in chosen))
+
+    result = {}
+    for regime in model.coefficients[key]:
+        mine = [(shape, t) for shape, t in samples if model.regime(shape, key) is regime]
+        result[regime.max_tokens] = ratio(mine) if len(mine) >= MIN_SAMPLES_PER_REGIME else ratio(samples)
+    return result
 
 
 def profile_and_fit(config: EngineConfig, lane_sizes: list[int], device: str, contention: bool = True,

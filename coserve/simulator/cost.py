@@ -98,48 +98,66 @@ class RooflineCost:
 @dataclass(frozen=True)
 class CostRegime:
     """Coefficients (COEFFICIENT_NAMES order) for jobs of at most `max_tokens` new tokens (None: any
-    number). The engine changes kernels with the batch size (on CPU, our GEMV up to
-    cpu_kernels.SMALL_BATCH rows, BLAS above), and one line through both regimes fits neither: it
-    overpredicted one-row decode steps by up to 1.9x."""
+    number), and how much longer such a job takes while another lane of the device runs (`beside`)
+    or while another lane runs a part of the same batch (`split`; None: as beside).
+
+    The engine changes kernels with the batch size (on CPU, our GEMV up to cpu_kernels.SMALL_BATCH
+    rows, BLAS above), and one line through both regimes fits neither: it overpredicted one-row
+    decode steps by up to 1.9x. Interference differs by regime too: SmolLM2's memory-bound GEMV
+    parts slowed 1.19x split in lockstep over two one-core lanes, its BLAS parts 1.01x."""
 
     max_tokens: int | None
     values: list[float]
+    beside: float = 1.0
+    split: float | None = None
 
     def covers(self, tokens: int) -> bool:
         return self.max_tokens is None or tokens <= self.max_tokens
 
+    def to_json(self) -> dict:
+        return {"max_tokens": self.max_tokens, "values": self.values, "slowdown_beside_busy_lane": self.beside,
+                "slowdown_split_batch": self.split}
+
+    @classmethod
+    def from_json(cls, body: dict | list, beside: float = 1.0) -> CostRegime:
+        """Cost files from before regimes hold one list of numbers (and one slowdown) per lane size."""
+        if isinstance(body, list):
+            return cls(None, [float(v) for v in body], beside)
+        split = body.get("slowdown_split_batch")
+        return cls(None if body["max_tokens"] is None else int(body["max_tokens"]), [float(v) for v in body["values"]],
+                   float(body.get("slowdown_beside_busy_lane", beside)), None if split is None else float(split))
+
 
 @dataclass(frozen=True)
 class FittedModel:
-    """Per lane size (cores on CPU, share of SMs on GPU), seconds = coefficients . features, with
-    the coefficients of the job's batch-size regime, and how much longer a job of that lane takes
-    while the device's other lanes run (1.0 when unmeasured)."""
+    """Per lane size (cores on CPU, share of SMs on GPU) and batch-size regime: seconds =
+    coefficients . features, and the slowdowns beside busy lanes (1.0 when unmeasured)."""
 
     model: str
     device: str
     coefficients: dict[str, list[CostRegime]]  # lane size (as a string key) -> regimes, smallest first
-    slowdown: dict[str, float] = field(default_factory=dict)  # lane size -> multiplier beside busy lanes
-    # lane size -> {"alone" | "beside": [(shape, seconds), ...]}: the timed jobs the fit came from
+    # lane size -> {"alone" | "beside" | "split": [(shape, seconds), ...]}: the timed jobs the fit came from
     samples: dict[str, dict[str, list[tuple[BatchShape, float]]]] = field(default_factory=dict, repr=False)
 
-    def seconds(self, shape: BatchShape, lane_size: str) -> float:
+    def regime(self, shape: BatchShape, lane_size: str) -> CostRegime:
         if lane_size not in self.coefficients:
             raise ConfigError(f"the cost file of {self.model} on {self.device} has no profile for lanes of "
                               f"{lane_size}; profiled: {sorted(self.coefficients)}")
         regimes = self.coefficients[lane_size]
-        regime = next((r for r in regimes if r.covers(shape.tokens)), regimes[-1])
+        return next((r for r in regimes if r.covers(shape.tokens)), regimes[-1])
+
+    def seconds(self, shape: BatchShape, lane_size: str) -> float:
+        regime = self.regime(shape, lane_size)
         return max(0.0, sum(c * x for c, x in zip(regime.values, shape.features())))
 
     def coefficients_json(self) -> dict[str, list[dict]]:
-        return {size: [{"max_tokens": r.max_tokens, "values": r.values} for r in regimes]
-                for size, regimes in self.coefficients.items()}
+        return {size: [r.to_json() for r in regimes] for size, regimes in self.coefficients.items()}
 
     def save(self, path: str | Path) -> None:
         samples = {size: {run: [[*dataclasses.astuple(shape), seconds] for shape, seconds in jobs]
                           for run, jobs in runs.items()} for size, runs in self.samples.items()}
         body = {"model": self.model, "device": self.device, "features": COEFFICIENT_NAMES,
-                "coefficients": self.coefficients_json(), "slowdown_beside_busy_lanes": self.slowdown,
-                "samples": samples}
+                "coefficients": self.coefficients_json(), "samples": samples}
         Path(path).write_text(json.dumps(body, indent=1))
 
     @classmethod
@@ -149,19 +167,16 @@ class FittedModel:
             samples = {size: {run: [(BatchShape(int(t), int(n), float(p), int(k)), float(sec))
                                     for t, n, p, k, sec in jobs] for run, jobs in runs.items()}
                        for size, runs in body.get("samples", {}).items()}
-            coefficients = {size: _regimes(values) for size, values in body["coefficients"].items()}
-            return cls(body["model"], body["device"], coefficients,
-                       body.get("slowdown_beside_busy_lanes", {}), samples)
+            old_slowdown = body.get("slowdown_beside_busy_lanes", {})
+            coefficients = {}
+            for size, regimes in body["coefficients"].items():
+                beside = float(old_slowdown.get(size, 1.0))
+                if regimes and all(isinstance(v, (int, float)) for v in regimes):
+                    regimes = [regimes]
+                coefficients[size] = [CostRegime.from_json(r, beside) for r in regimes]
+            return cls(body["model"], body["device"], coefficients, samples)
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
-
-
-def _regimes(values: list) -> list[CostRegime]:
-    """A cost file's regimes; files from before regimes hold one list of numbers for all jobs."""
-    if values and all(isinstance(v, (int, float)) for v in values):
-        return [CostRegime(None, [float(v) for v in values])]
-    return [CostRegime(None if r["max_tokens"] is None else int(r["max_tokens"]), [float(v) for v in r["values"]])
-            for r in values]
 
 
 class FittedCost:
@@ -171,10 +186,16 @@ class FittedCost:
         self.fitted = fitted
         self.lane_sizes = lane_sizes
 
-    def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
+    def _model(self, model: str) -> FittedModel:
         if model not in self.fitted:
             raise ConfigError(f"no cost file for model {model!r}; have {sorted(self.fitted)}")
-        return self.fitted[model].seconds(batch_shape(part), self.lane_sizes[lane])
+        return self.fitted[model]
 
-    def slowdown(self, model: str, lane: int) -> float:
-        return self.fitted[model].slowdown.get(self.lane_sizes[lane], 1.0)
+    def __call__(self, model: str, part: list[ScheduledRequest], lane: int) -> float:
+        return self._model(model).seconds(batch_shape(part), self.lane_sizes[lane])
+
+    def interference(self, model: str, part: list[ScheduledRequest], lane: int) -> tuple[float, float]:
+        """(beside, split): the job's duration multipliers while another lane runs, and while another
+        lane runs a part of the same batch."""
+        regime = self._model(model).regime(batch_shape(part), self.lane_sizes[lane])
+        return regime.beside, regime.beside if regime.split is None else regime.split

@@ -10,8 +10,10 @@ end whenever the set of running jobs changes:
   share keeps its speed, the others slow in proportion to what they get, and a job runs at its
   slower resource's speed. Without this, two decode jobs on two lanes would each read at the full
   bandwidth at once, and lanes whose shares add up past the device would compute past its peak;
-- a measured slowdown (`slowdown(model, lane)`, from `coserve profile`'s busy-neighbour runs): a
-  job runs at 1 / slowdown of its alone speed while any other lane of the device runs.
+- measured slowdowns (`interference(model, part, lane) -> (beside, split)`, from `coserve
+  profile`): a job runs at 1 / beside of its alone speed while any other lane of the device runs,
+  and at 1 / split while another lane runs a part of its own batch (the batch was split over
+  lanes, whose parts contend in lockstep).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def fair_speeds(demands: list[float]) -> list[float]:
 
 @dataclass
 class _Job:
+    model: str
     sampled: dict[str, int]
     alone_seconds: float
     slowdown: float  # duration multiplier while another lane runs
+    split_slowdown: float  # ... while that lane runs another part of the same batch
     demands: tuple[float, ...]  # fractions of the device's compute and bandwidth it uses alone (() unmodelled)
     since: float  # when `left` was last brought up to date
     end: float
@@ -76,7 +80,7 @@ class SimulatedLanes:
         self.num_lanes = num_lanes
         self.clock = clock
         self.cost = cost
-        self._slowdown = getattr(cost, "slowdown", None)  # optional: (model, lane) -> multiplier
+        self._interference = getattr(cost, "interference", None)  # optional: (model, part, lane) -> multipliers
         self._timed = getattr(cost, "timed", None)  # optional: (model, part, lane) -> (seconds, demands)
         self._jobs: dict[int, _Job] = {}
 
@@ -84,9 +88,10 @@ class SimulatedLanes:
         seconds, demands = self._timed(model, part, lane) if self._timed else (self.cost(model, part, lane), ())
         if seconds < 0:
             raise ValueError(f"the cost model gave a negative duration ({seconds}) for {model}")
-        slowdown = self._slowdown(model, lane) if self._slowdown is not None else 1.0
+        slowdown, split_slowdown = self._interference(model, part, lane) if self._interference else (1.0, 1.0)
         now = self.clock.now
-        self._jobs[lane] = _Job(simulated_tokens(part), seconds, slowdown, demands, now, now + seconds)
+        self._jobs[lane] = _Job(model, simulated_tokens(part), seconds, slowdown, split_slowdown, demands, now,
+                                now + seconds)
         self._rerate()
 
     def _rerate(self) -> None:
@@ -101,7 +106,8 @@ class SimulatedLanes:
             shared = fair_speeds([job.demands[resource] if job.demands else 0.0 for job in jobs])
             speeds = [min(a, b) for a, b in zip(speeds, shared)]
         for job, speed in zip(jobs, speeds):
-            job.rerate(self.clock.now, job.slowdown / speed)
+            split = any(other.model == job.model for other in jobs if other is not job)  # one model, one batch
+            job.rerate(self.clock.now, (job.split_slowdown if split else job.slowdown) / speed)
 
     def has_due_events(self) -> bool:
         now = self.clock.now
