@@ -383,3 +383,18 @@ def test_a_profile_beside_a_neighbour_lane_times_only_the_profiled_models_jobs(m
     # one prefill job of all three prompts (the untimed warm-up), then one decode row per output token
     assert sum(shape.tokens for shape, _ in samples) == sum(out - 1 for _, out in lengths)
     assert all(seconds > 0 for _, seconds in samples)
+
+
+def test_a_split_profile_times_each_batch_spread_over_two_lanes_once(monkeypatch):
+    """Three requests (outputs 6, 9, 3) on a device that spreads every batch of two or more rows
+    over two lanes: after the (untimed) prefill, decode batches of 3, 3, 2, 2, 2 rows are split and
+    timed once each by their largest part (2, 2, 1, 1, 1 rows); the one-row batches are not."""
+    import coserve.costmodel.profile as prof
+    from coserve.engine.config import EngineConfig
+
+    monkeypatch.setattr(prof, "shape_mix", lambda seed, max_prompt: [(4, [(40, 6), (25, 9), (60, 3)])])
+    config = EngineConfig(model="random:llama-tiny", name="m", max_num_seqs=4, max_num_batched_tokens=128)
+    cores = prof.available_cores()
+    samples = prof.profile_split(config, [cores[:1], cores[-1:]])
+    assert [shape.sampled for shape, _ in samples] == [2, 2, 1, 1, 1]
+    assert all(seconds > 0 for _, seconds in samples)
