@@ -103,8 +103,8 @@ class CostRegime:
 
     The engine changes kernels with the batch size (on CPU, our GEMV up to cpu_kernels.SMALL_BATCH
     rows, BLAS above), and one line through both regimes fits neither: it overpredicted one-row
-    decode steps by up to 1.9x. Interference differs by regime too: SmolLM2's memory-bound GEMV
-    parts slowed 1.19x split in lockstep over two one-core lanes, its BLAS parts 1.01x."""
+    decode steps about 2x. Interference differs by regime too: SmolLM2's memory-bound GEMV parts
+    slowed 1.18x split in lockstep over two one-core lanes, its BLAS parts 1.03x."""
 
     max_tokens: int | None
     values: list[float]
