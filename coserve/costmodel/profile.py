@@ -112,11 +112,15 @@ NEIGHBOUR = "neighbour"
 NEIGHBOUR_REQUESTS = 4  # what the neighbour lane keeps in flight: prefill chunks beside decode rows
 
 
+def _add_request(engine: LLMEngine, rng: np.random.Generator, prompt_len: int, output_len: int) -> None:
+    prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=prompt_len).tolist()
+    engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True))
+
+
 def _keep_busy(engine: LLMEngine | None, rng: np.random.Generator) -> None:
     """Top the neighbour up to NEIGHBOUR_REQUESTS requests of 96 prompt and 32 output tokens."""
     while engine is not None and len(engine.states) < NEIGHBOUR_REQUESTS:
-        prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=96).tolist()
-        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+        _add_request(engine, rng, 96, 32)
 
 
 def _run_mix(config: EngineConfig, seed: int, make_device) -> list[tuple[BatchShape, float]]:
@@ -128,8 +132,7 @@ def _run_mix(config: EngineConfig, seed: int, make_device) -> list[tuple[BatchSh
         try:
             rng = np.random.default_rng(seed)
             for prompt_len, output_len in lengths:
-                prompt = rng.integers(100, min(engine.spec.vocab_size, 30000), size=prompt_len).tolist()
-                engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True))
+                _add_request(engine, rng, prompt_len, output_len)
             while engine.has_unfinished_requests():
                 _keep_busy(neighbour, rng)
                 device.step()
@@ -264,13 +267,15 @@ def _slowdowns(model: FittedModel, key: str, samples: list[tuple[BatchShape, flo
     if not samples:
         return {}
 
+    timed = [(model.regime(shape, key), t, model.seconds(shape, key)) for shape, t in samples]
+
     def ratio(chosen):
-        return max(1.0, sum(t for _, t in chosen) / sum(model.seconds(shape, key) for shape, _ in chosen))
+        return max(1.0, sum(t for _, t, _ in chosen) / sum(p for _, _, p in chosen))
 
     result = {}
     for regime in model.coefficients[key]:
-        mine = [(shape, t) for shape, t in samples if model.regime(shape, key) is regime]
-        result[regime.max_tokens] = ratio(mine) if len(mine) >= MIN_SAMPLES_PER_REGIME else ratio(samples)
+        mine = [job for job in timed if job[0] is regime]
+        result[regime.max_tokens] = ratio(mine) if len(mine) >= MIN_SAMPLES_PER_REGIME else ratio(timed)
     return result
 
 
