@@ -246,3 +246,18 @@ def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on
         outputs = _finish(cluster, outputs)
         assert calls == [moment] and cluster.health()[victim.name] == "dead"
         _assert_survivor_serves(cluster, survivor, checksum, outputs, prompts, want)
+
+
+def test_a_layer_that_reached_a_worker_unrecorded_is_known_after_a_reload(tiny):
+    """The race a restore can lose: the layer's bytes land on the receiver, then the sender dies and
+    the copy is reported failed, so the driver's record lacks a layer the worker holds."""
+    from coserve.distributed.ray_backend import RayBackend
+
+    config, _, _, budget = tiny
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        replica = cluster.replicas[0]
+        checksum = replica.weights_checksum()
+        replica.drop_layer(2)
+        assert ray.get(replica.handle.reload_layers.remote()) == list(range(4))  # behind the record's back
+        replica.reload_layers()
+        assert replica.held_layers() == list(range(4)) and replica.weights_checksum() == checksum

@@ -214,7 +214,8 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         return True
 
     def reload_layers(self) -> None:
-        """Take back every dropped layer from the checkpoint (the peer that held it is gone)."""
+        """Take back every dropped layer from the checkpoint (the peer that held it is gone). The
+        worker's answer, not this record, says what it holds: a copy can land after its sender died."""
         for index in self.call("reload_layers"):
             self.kv_cache.add_layer(index)
 

@@ -145,7 +145,9 @@ class ReplicaWorker:
         return param_bytes(layer)
 
     def reload_layers(self) -> list[int]:
-        """Load every missing layer from the checkpoint (a peer holding it is gone); returns them."""
+        """Load every missing layer from the checkpoint (a peer holding it is gone); returns the layers
+        held now, so that a driver whose record missed a copy that landed here (its sender died after
+        sending) learns of it."""
         with self._lock:  # outputs of stages whose next member is gone: nobody will ask for them
             self._outbox.clear()
         missing = sorted(set(range(self.spec.num_layers)) - set(self.model.held_layers()))
@@ -154,7 +156,7 @@ class ReplicaWorker:
             loaded = load_model(self.config.model, self.dtype, self.config.seed, (index, index + 1), tokenizer=False)
             part.load_hf_state_dict(loaded.state_dict)
             self._take_layer(index, part.layers[0])
-        return missing
+        return self.model.held_layers()
 
     def _take_layer(self, index: int, layer: LlamaLayer) -> None:
         self.kv_cache.add_layer(index)
