@@ -99,6 +99,21 @@ def test_dropping_layers_cuts_the_tail_ttft_of_a_memory_bound_burst():
     assert p99["drop"] < p99["recompute"] / 2
 
 
+def test_a_queue_for_compute_drops_no_layers():
+    """Short answers to prompts arriving faster than the token budget prefills them: the queue's
+    pages exceed what the replicas hold (KunServe's trigger), but pages are never what is missing."""
+    rng = np.random.default_rng(2)
+    requests = [WorkloadRequest(i, MODEL, float(t), 600, 2) for i, t in enumerate(np.sort(rng.uniform(0, 0.5, 400)))]
+    cluster, backend = _cluster("recompute")
+    replay_elastic(cluster, backend, requests)
+    assert sum(r.scheduler.num_preemptions for r in cluster.replicas) == 0
+    cluster, backend = _cluster("drop")
+    longest_queue = []
+    replay_elastic(cluster, backend, requests, on_step=lambda now: longest_queue.append(
+        max(queued_pages(r) - r.independent_pages for r in cluster.replicas)))
+    assert max(longest_queue) > 0 and not cluster.events.drops
+
+
 def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():
     cluster, backend = _cluster("recompute", replicas=1)
     params = SamplingParams(max_tokens=8, ignore_eos=True, temperature=0)

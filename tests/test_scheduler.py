@@ -92,3 +92,16 @@ def test_finished_requests_return_every_page():
         run_step(s)
     assert all(r.status is RequestStatus.FINISHED_LENGTH and len(r.output_token_ids) == 4 for r in requests)
     assert s.kv.pool.num_free_blocks == 16 and not s.kv.block_tables
+
+
+def test_a_queue_is_short_of_pages_only_when_pages_stopped_it():
+    s = make(num_blocks=6, block_size=4, budget=8)
+    s.add_request(request("a", 8))
+    s.add_request(request("b", 8))
+    assert run_step(s) == {"a": 8}  # the whole token budget: "b" waits for compute, not pages
+    assert list(s.waiting) and not s.short_of_pages
+    assert run_step(s) == {"a": 1, "b": 7}
+    assert run_step(s) == {"a": 1, "b": 1}  # 3 + 2 of 6 pages held
+    s.add_request(request("c", 4))
+    assert run_step(s) == {"a": 1, "b": 1}  # both grow to 3 pages: none left for "c", budget left
+    assert [r.request_id for r in s.waiting] == ["c"] and s.short_of_pages

@@ -450,7 +450,9 @@ class ElasticCluster:
             if self._should_restore(group):
                 return "restore", group.members, group
         alone = [r for r in self.live_replicas() if r.index not in self.groups]
-        if len(alone) < 2 or not any(r.scheduler.waiting for r in alone):
+        # KunServe's trigger (demand above capacity with a queue) also fires when the queue is for
+        # compute, which freed pages cannot shorten: only a replica that is short of pages counts
+        if len(alone) < 2 or not any(r.scheduler.waiting and r.scheduler.short_of_pages for r in alone):
             return None
         demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages) for r in alone]
         plan = plan_groups(demands, self._group_capacity, self.config.max_group_size)

@@ -63,6 +63,9 @@ class Scheduler:
         # kept as the queue changes: routers read it per request, and the queue can be thousands long
         self.num_waiting_pages = 0
         self.num_preemptions = 0
+        # the last step left a request out, or preempted one, for want of pages (not of token budget
+        # or sequence slots): its queue is for memory, which more pages would shorten
+        self.short_of_pages = False
         # called with a victim before its pages are freed; True means its KV was saved elsewhere
         # (swapped out) and the hook took the request over, so it is not requeued for recompute
         self.preempt_hook: Callable[[Request], bool] | None = None
@@ -110,6 +113,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        self.short_of_pages = False
         budget = self.config.max_num_batched_tokens
         budget = self._schedule_running(out, budget)
         if not out.preempted:
@@ -156,6 +160,7 @@ class Scheduler:
                     self._pop_waiting()
                     self._finish_oversized(request, out)
                     continue
+                self.short_of_pages = True
                 break
             self._pop_waiting()
             request.status = RequestStatus.RUNNING
@@ -164,6 +169,7 @@ class Scheduler:
             budget -= num_new
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
+        self.short_of_pages = True
         self.running.remove(victim)
         victim.status = RequestStatus.PREEMPTED
         victim.num_preemptions += 1
