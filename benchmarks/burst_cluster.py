@@ -94,7 +94,8 @@ def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int)
         "throughput_req_s": len(done) / max(r.end_time for r in done),
         "mean_queued_s": _mean_queued(timeline, len(records)),
         "drops": len(events.drops), "restores": len(events.restores), "swaps_out": events.swaps_out,
-        "migrations": events.migrations, "simulated_s": backend.clock.now, "wall_s": wall, "timeline": timeline,
+        "migrations": events.migrations, "queue_moves": events.queue_moves,
+        "simulated_s": backend.clock.now, "wall_s": wall, "timeline": timeline,
     }
 
 
@@ -127,7 +128,8 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>7} "
           f"{'queued':>7} {'peak demand':>11} {'wall s':>6} events")
     for r in [*results.values(), {**calm, "strategy": "x1/4"}]:
-        events = f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']}"
+        events = (f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']} "
+                  f"queue moves {r.get('queue_moves', 0)}")
         peak = max(s["demand"] for s in r["timeline"])
         print(f"{r['strategy']:<10} {r['p50_ttft_s']:9.3f} {r['p99_ttft_s']:9.3f} {r['p50_tpot_s']:9.4f} "
               f"{r['p99_tpot_s']:9.4f} {r['throughput_req_s']:7.2f} {r['mean_queued_s']:7.2f} {peak:11.2f} "

@@ -65,7 +65,7 @@ def run(strategy: str, requests, kv_pages: int) -> dict:
         "mean_queued_s": float(np.mean([r["queued"] for r in records])),
         "errors": sum(r["error"] for r in records),
         "drops": len(events.drops), "restores": len(events.restores), "swaps_out": events.swaps_out,
-        "migrations": events.migrations, "timeline": timeline,
+        "migrations": events.migrations, "queue_moves": events.queue_moves, "timeline": timeline,
     }
 
 
@@ -125,7 +125,8 @@ def main() -> None:
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>6} "
           f"{'queued':>7} {'errors':>6} events")
     for r in [*results.values(), {**no_burst, "strategy": "no burst"}]:
-        events = f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']}"
+        events = (f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']} "
+                  f"queue moves {r.get('queue_moves', 0)}")
         print(f"{r['strategy']:<10} {r['p50_ttft_s']:9.3f} {r['p99_ttft_s']:9.3f} {r['p50_tpot_s']:9.4f} "
               f"{r['p99_tpot_s']:9.4f} {r['throughput_req_s']:6.2f} {r['mean_queued_s']:7.3f} {r['errors']:6d} "
               f"{events}")

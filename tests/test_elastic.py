@@ -4,6 +4,7 @@ after the burst every weight byte and every page is back."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -95,6 +96,21 @@ def test_every_strategy_keeps_outputs(tiny, strategy):
             assert events.swaps_out > 0 and events.swaps_in == events.swaps_out
         if strategy == "drop":
             assert events.drops and events.restores
+        _assert_all_back(cluster, checksums)
+
+
+def test_requests_a_group_member_takes_from_its_partners_queue_keep_their_outputs(tiny):
+    config, prompts, want, budget = tiny
+    config = dataclasses.replace(config, max_num_seqs=4)  # a member cannot run its whole queue at once
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        first = cluster.replicas[0]
+        for i, prompt in enumerate(prompts):  # all on one replica (past the router): one long queue
+            first.add_request(prompt, GREEDY, str(i))
+        got = _drain(cluster)
+        cluster.step()
+        assert got == want
+        assert cluster.events.drops and cluster.events.queue_moves > 0
         _assert_all_back(cluster, checksums)
 
 

@@ -114,6 +114,36 @@ def test_a_queue_for_compute_drops_no_layers():
     assert max(longest_queue) > 0 and not cluster.events.drops
 
 
+def test_a_member_with_an_empty_queue_takes_the_oldest_of_its_partners():
+    from coserve.elastic import pipeline
+
+    cluster, backend = _cluster("drop", replicas=2)
+    first, second = cluster.replicas
+    group, _ = pipeline.drop([first, second], cluster.config.peer_bytes_per_s)
+    params = SamplingParams(max_tokens=4, ignore_eos=True, temperature=0)
+    for i in range(8):  # 8 x 600 prompt tokens, all queued on the first member
+        backend.clock.advance_to(i * 0.01)
+        first.add_request([1] * 600, params, str(i))
+    arrivals = {rid: state.metrics.arrival_time for rid, state in first.states.items()}
+    assert pipeline.share_queue(group, second) == 4  # 2048 tokens of budget: four 600-token prompts
+    assert [r.request_id for r in second.scheduler.waiting] == ["0", "1", "2", "3"]
+    assert [r.request_id for r in first.scheduler.waiting] == ["4", "5", "6", "7"]
+    assert pipeline.share_queue(group, first) == 0  # it has a batch's worth queued already
+    for replica in (first, second):
+        _check_queue_demand(cluster)
+        assert {rid: s.metrics.arrival_time for rid, s in replica.states.items()} == {
+            rid: arrivals[rid] for rid in replica.states}
+    for replica in (first, second):
+        cluster.groups[replica.index] = group
+    finished = []
+    while cluster.has_unfinished_requests():
+        finished += [o.request_id for o in cluster.dispatch() if o.finished]
+        backend.clock.advance_to(backend.next_event_time())
+        finished += [o.request_id for o in cluster.collect() if o.finished]
+    assert sorted(finished) == [str(i) for i in range(8)]
+    assert first.kv.pool.num_used_blocks == 0
+
+
 def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():
     cluster, backend = _cluster("recompute", replicas=1)
     params = SamplingParams(max_tokens=8, ignore_eos=True, temperature=0)

@@ -82,6 +82,7 @@ class Events:
     swaps_out: int = 0
     swaps_in: int = 0
     migrations: int = 0
+    queue_moves: int = 0  # queued requests a group member took from a partner's queue
 
 
 class ElasticCluster:
@@ -224,6 +225,7 @@ class ElasticCluster:
             member = group.members[group.next_batch % len(group.members)]
             group.next_batch += 1
             if member.index not in self.batch_in_flight:
+                self.events.queue_moves += pipeline.share_queue(group, member)
                 outputs = self._start(member, group.stages)
                 if member.index in self.batch_in_flight or outputs:
                     return outputs

@@ -60,6 +60,16 @@ def move_request(src: Replica, dst: Replica, request: Request) -> None:
     src.hand_over(rid, dst)
 
 
+def move_waiting(src: Replica, dst: Replica, request: Request) -> None:
+    """Hand a queued request that holds no pages to another replica's queue (its arrival time, and so
+    its TTFT, stay as they were)."""
+    rid = request.request_id
+    src.scheduler.remove_waiting(request)
+    dst.adopt_state(src.release_state(rid))
+    dst.scheduler.append_waiting(request)
+    src.hand_over(rid, dst)
+
+
 @dataclass
 class Migration:
     """Llumnix's live migration: pre-copy while the request keeps decoding on `src`, then a short

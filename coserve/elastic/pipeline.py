@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coserve.elastic.kv_moves import move_waiting
 from coserve.elastic.replica import Replica
 
 
@@ -34,6 +35,34 @@ class PipelineGroup:
 
     def used_pages(self, member: Replica) -> int:
         return member.kv.num_held_blocks
+
+
+def share_queue(group: PipelineGroup, member: Replica) -> int:
+    """One queue for the group in effect: a member about to start a micro-batch with less than a
+    batch's worth of prompt tokens waiting takes the oldest queued requests of the members with the
+    longest queues (pages are the group's, so a request may run under any member). Without it, a
+    member that drained its own queue sends small micro-batches through the pipeline while a partner
+    still has a queue. Returns how many requests moved."""
+    budget = member.scheduler.config.max_num_batched_tokens
+    queued = 0
+    for request in member.scheduler.waiting:  # the queue may be long: count only up to the budget
+        queued += request.num_tokens
+        if queued >= budget:
+            return 0
+    moved = 0
+    for donor in sorted((m for m in group.members if m is not member), key=lambda m: -m.scheduler.num_waiting):
+        waiting = donor.scheduler.waiting
+        while queued < budget and waiting and _movable(donor, waiting[0]):
+            request = waiting[0]
+            move_waiting(donor, member, request)
+            queued += request.num_tokens
+            moved += 1
+    return moved
+
+
+def _movable(holder: Replica, request) -> bool:
+    """Queued with no pages: new, or preempted for recompute (a swapped-out one is not queued)."""
+    return request.request_id not in holder.kv.block_tables
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:

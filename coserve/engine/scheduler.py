@@ -74,6 +74,10 @@ class Scheduler:
 
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
+        self.append_waiting(request)
+
+    def append_waiting(self, request: Request) -> None:
+        """Queue a request as it is (new, or preempted and handed over by another scheduler)."""
         self.waiting.append(request)
         self.num_waiting_pages += self._pages_to_admit(request)
 
@@ -89,6 +93,11 @@ class Scheduler:
             self.num_waiting_pages -= self._pages_to_admit(request)
         request.status = status
         self.kv.free(request)
+
+    def remove_waiting(self, request: Request) -> None:
+        """Take a waiting request out of the queue as it is (it moves to another scheduler)."""
+        self.waiting.remove(request)
+        self.num_waiting_pages -= self._pages_to_admit(request)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
