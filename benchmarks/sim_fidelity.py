@@ -20,8 +20,9 @@ from pathlib import Path
 
 from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
 
-from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds
+from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds, speed_probe
 from coserve.engine.config import EngineConfig
+from coserve.engine.device_engine import available_cores
 from coserve.metrics import compute_metrics
 from coserve.simulator import SimCluster, SimDeviceSpec, SimModel
 from coserve.simulator.cost import FittedCost, FittedModel
@@ -74,8 +75,13 @@ def run_setup(setup: str, args) -> dict:
     rates = {n: shares.get(n, 0.0) * args.rate or 1e-9 for n in MODELS}  # only sizes spare pages
     requests = generate_workload(workload)
 
-    runs = []
+    lanes = [len(cores) for cores in lane_cores(policy)]
+    fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
+    runs, probes = [], []
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
+        if args.calibrate:  # before each real run, never during one: the probe sees none of its jobs
+            probes.append({str(size): speed_probe(probe_config(), available_cores()[:size], fitted["smollm2"])
+                           for size in sorted(set(lanes))})
         device = make_device(policy, args.kv_bytes, rates)
         try:
             records = run_load(device, requests, setup)
@@ -87,8 +93,29 @@ def run_setup(setup: str, args) -> dict:
     spread = {k: (max(run[k] for run in runs) - min(run[k] for run in runs)) / measured[k]
               for k in measured if measured[k]}
 
-    lanes = [len(cores) for cores in lane_cores(policy)]
-    fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
+    speed = {size: sum(p[size] for p in probes) / len(probes) for size in probes[0]} if probes else {}
+    simulated, simulated_records = simulate(setup, requests, rates, lanes, fitted, speed, args)
+    uncalibrated = simulate(setup, requests, rates, lanes, fitted, {}, args)[0] if speed else simulated
+    by_model = {"measured_last_run": models_measured, "simulated": per_model(simulated_records)}
+
+    def error(sim: dict) -> dict:
+        return {k: abs(sim[k] - measured[k]) / measured[k] for k in measured if measured[k]}
+    return {"measured": measured, "simulated": simulated, "relative_error": error(simulated),
+            "machine_speed": speed, "simulated_uncalibrated": uncalibrated,
+            "relative_error_uncalibrated": error(uncalibrated),
+            "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
+
+
+def probe_config() -> EngineConfig:
+    return EngineConfig(name="smollm2", max_num_seqs=32, max_num_batched_tokens=512, **MODELS["smollm2"])
+
+
+def simulate(setup: str, requests, rates: dict, lanes: list[int], fitted: dict[str, FittedModel],
+             speed: dict[str, float], args):
+    """The set-up on simulated lanes; `speed` (lane size -> factor) scales every model's costs on
+    lanes of that size to the machine's speed at measurement time (SmolLM2's probe stands for all)."""
+    policy = "temporal" if setup == "single" else "mux"
+    fitted = {n: m.scaled(speed) for n, m in fitted.items()}
     sim_models = [SimModel(n, MODELS[n]["model"], dtype="float32", rate=rates[n], max_num_seqs=32,
                            max_num_batched_tokens=512) for n in MODELS]
     total_cores = sum(len(cores) for cores in lane_cores("temporal"))
@@ -96,11 +123,7 @@ def run_setup(setup: str, args) -> dict:
                          [size / total_cores for size in lanes], device="cpu")
     cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in lanes]))
     simulated_records = cluster.run(requests)
-    simulated = summary(simulated_records)
-    by_model = {"measured_last_run": models_measured, "simulated": per_model(simulated_records)}
-    errors = {k: abs(simulated[k] - measured[k]) / measured[k] for k in measured if measured[k]}
-    return {"measured": measured, "simulated": simulated, "relative_error": errors,
-            "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
+    return summary(simulated_records), simulated_records
 
 
 def merged(name: str, sizes: list[int], args) -> FittedModel:
@@ -122,17 +145,23 @@ def main() -> None:
     parser.add_argument("--max-output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="simulate with the cost files as profiled (no speed probe before each real run)")
     parser.add_argument("--reprofile", action="store_true", help="profile again even if costs/ has the files")
     parser.add_argument("--refit", action="store_true", help="fit the samples saved in costs/ again (no profiling)")
     parser.add_argument("--output", default="results/sim_fidelity.json")
     args = parser.parse_args()
 
     results = {setup: run_setup(setup, args) for setup in args.setups}
-    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}{'run spread':>11}")
+    for setup, r in results.items():
+        print(f"{setup}: machine speed against the cost files (lane size: measured / predicted) {r['machine_speed']}")
+    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}{'run spread':>11}"
+          f"{'uncalibrated':>14}{'its error':>11}")
     for setup, r in results.items():
         for key, value in r["measured"].items():
             print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}"
-                  f"{r['run_to_run_spread'][key]:>11.1%}")
+                  f"{r['run_to_run_spread'][key]:>11.1%}{r['simulated_uncalibrated'][key]:>14.2f}"
+                  f"{r['relative_error_uncalibrated'][key]:>11.1%}")
     for setup, r in results.items():
         if len(r["per_model"]["simulated"]) > 1:
             for model, sim in r["per_model"]["simulated"].items():

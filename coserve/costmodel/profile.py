@@ -96,15 +96,21 @@ class TimedSplitBatches:
         self.inner.close()
 
 
-def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tuple[int, int]]]]:
+PROFILE_BATCHES = (1, 4, 8, 16, 32)
+PROBE_BATCHES = (8, 16)  # a speed probe: one run on each side of cpu_kernels.SMALL_BATCH
+
+
+def shape_mix(seed: int = 0, max_prompt: int = 512, batches: tuple[int, ...] = PROFILE_BATCHES,
+              long_prompts: bool = True) -> list[tuple[int, list[tuple[int, int]]]]:
     """(max_num_seqs, [(prompt_len, output_len)]) runs: long prompts alone, short prompts batched,
     and long decodes at batch sizes 1 to 32, so every feature varies on its own."""
     rng = np.random.default_rng(seed)
     runs = []
-    for batch in (1, 4, 8, 16, 32):
+    for batch in batches:
         lengths = [(int(rng.integers(8, max_prompt)), int(rng.integers(8, 48))) for _ in range(batch * 2)]
         runs.append((batch, lengths))
-    runs.append((8, [(max_prompt, 1) for _ in range(4)]))
+    if long_prompts:
+        runs.append((8, [(max_prompt, 1) for _ in range(4)]))
     return runs
 
 
@@ -123,10 +129,11 @@ def _keep_busy(engine: LLMEngine | None, rng: np.random.Generator) -> None:
         _add_request(engine, rng, 96, 32)
 
 
-def _run_mix(config: EngineConfig, seed: int, make_device) -> list[tuple[BatchShape, float]]:
-    """The shape mix through fresh devices from `make_device(engine) -> (device, timer, neighbour)`."""
+def _run_mix(config: EngineConfig, seed: int, make_device, **mix) -> list[tuple[BatchShape, float]]:
+    """The shape mix (`mix`: shape_mix's options) through fresh devices from
+    `make_device(engine) -> (device, timer, neighbour)`."""
     samples: list[tuple[BatchShape, float]] = []
-    for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2)):
+    for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2), **mix):
         engine = LLMEngine(EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs}))
         device, timer, neighbour = make_device(engine)
         try:
@@ -160,6 +167,26 @@ def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: En
         return DeviceEngine(engines, policy, executor=timer, spread_batches=False), timer, engines.get(NEIGHBOUR)
 
     return _run_mix(config, seed, make_device)
+
+
+def speed_probe(config: EngineConfig, cores: list[int], fitted: FittedModel, seed: int = 1) -> float:
+    """How much slower (>1) or faster the machine runs `config`'s lane jobs now than when `fitted`
+    was profiled: total measured over total predicted span of a short mix on a lane of `cores`
+    (about 130 jobs, seconds to a minute). A shared VM's speed drifts: the same requests measured
+    TPOT p50 74 to 88 ms an hour apart (docs/benchmarks.md), more than the fit's own error."""
+
+    def make_device(engine):
+        engines = {engine.config.name: engine}
+        timer = TimedLanes(ProcessLanes(engines, [cores]))
+        return DeviceEngine(engines, "temporal", executor=timer, spread_batches=False), timer, None
+
+    return speed_factor(fitted, str(len(cores)), _run_mix(config, seed, make_device, batches=PROBE_BATCHES,
+                                                          long_prompts=False))
+
+
+def speed_factor(fitted: FittedModel, size: str, samples: list[tuple[BatchShape, float]]) -> float:
+    """Total measured over total predicted span: a total, so long jobs weigh as much as the time they take."""
+    return sum(t for _, t in samples) / sum(fitted.seconds(shape, size) for shape, _ in samples)
 
 
 def profile_split(config: EngineConfig, lane_cores: list[list[int]], seed: int = 0) -> list[tuple[BatchShape, float]]:

@@ -150,6 +150,14 @@ class FittedModel:
         regime = self.regime(shape, lane_size)
         return max(0.0, sum(c * x for c, x in zip(regime.values, shape.features())))
 
+    def scaled(self, factors: dict[str, float]) -> FittedModel:
+        """The same model on a machine whose lanes of each size run `factors[size]` times slower
+        (profile.speed_probe measures it; sizes not named stay). Interference slowdowns are ratios
+        and stay too."""
+        coefficients = {size: [dataclasses.replace(r, values=[v * factors.get(size, 1.0) for v in r.values])
+                               for r in regimes] for size, regimes in self.coefficients.items()}
+        return dataclasses.replace(self, coefficients=coefficients)
+
     def coefficients_json(self) -> dict[str, list[dict]]:
         return {size: [r.to_json() for r in regimes] for size, regimes in self.coefficients.items()}
 
