@@ -1,6 +1,7 @@
 """Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
 
     python benchmarks/sim_fidelity.py [--num-prompts 192] [--repeats 2] [--rate 1.0] [--reprofile | --refit]
+                                      [--calibrate]
 
 Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
@@ -10,6 +11,8 @@ Two set-ups, each run for real (lanes are worker processes, real clock) and then
 Prints measured (the mean of `--repeats` real runs of the same requests) and simulated throughput
 and p50/p99 TTFT and TPOT with the relative error of each, and the real runs' spread ((max - min)
 / mean: what the machine itself varies), writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
+With --calibrate, part of the profile runs again before each real run and the simulation runs at
+the machine's speed then (the errors of the simulation as profiled are printed beside).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def run_setup(setup: str, args) -> dict:
     runs, probes = [], []
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
         if args.calibrate:  # before each real run, never during one: the probe sees none of its jobs
-            probes.append({str(size): speed_probe(probe_config(), available_cores()[:size], fitted["smollm2"])
+            probes.append({str(size): speed_probe(probe_config(), available_cores()[:size], reference_jobs(size))
                            for size in sorted(set(lanes))})
         device = make_device(policy, args.kv_bytes, rates)
         try:
@@ -104,6 +107,11 @@ def run_setup(setup: str, args) -> dict:
             "machine_speed": speed, "simulated_uncalibrated": uncalibrated,
             "relative_error_uncalibrated": error(uncalibrated),
             "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
+
+
+def reference_jobs(size: int):
+    """SmolLM2's profiled jobs alone on a lane of `size` cores (its probe stands for every model)."""
+    return FittedModel.load(COSTS / f"smollm2.cpu-{size}core.json").samples[str(size)]["alone"]
 
 
 def probe_config() -> EngineConfig:
@@ -145,8 +153,9 @@ def main() -> None:
     parser.add_argument("--max-output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
-    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                        help="simulate with the cost files as profiled (no speed probe before each real run)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="before each real run, rerun part of the profile (speed_probe) and simulate at the "
+                             "machine's speed then; off by default: on this VM the probe varies as much as the drift")
     parser.add_argument("--reprofile", action="store_true", help="profile again even if costs/ has the files")
     parser.add_argument("--refit", action="store_true", help="fit the samples saved in costs/ again (no profiling)")
     parser.add_argument("--output", default="results/sim_fidelity.json")

@@ -97,20 +97,18 @@ class TimedSplitBatches:
 
 
 PROFILE_BATCHES = (1, 4, 8, 16, 32)
-PROBE_BATCHES = (8, 16)  # a speed probe: one run on each side of cpu_kernels.SMALL_BATCH
+PROBE_BATCHES = (8, 16)  # a speed probe reruns these: one on each side of cpu_kernels.SMALL_BATCH
 
 
-def shape_mix(seed: int = 0, max_prompt: int = 512, batches: tuple[int, ...] = PROFILE_BATCHES,
-              long_prompts: bool = True) -> list[tuple[int, list[tuple[int, int]]]]:
+def shape_mix(seed: int = 0, max_prompt: int = 512) -> list[tuple[int, list[tuple[int, int]]]]:
     """(max_num_seqs, [(prompt_len, output_len)]) runs: long prompts alone, short prompts batched,
     and long decodes at batch sizes 1 to 32, so every feature varies on its own."""
     rng = np.random.default_rng(seed)
     runs = []
-    for batch in batches:
+    for batch in PROFILE_BATCHES:
         lengths = [(int(rng.integers(8, max_prompt)), int(rng.integers(8, 48))) for _ in range(batch * 2)]
         runs.append((batch, lengths))
-    if long_prompts:
-        runs.append((8, [(max_prompt, 1) for _ in range(4)]))
+    runs.append((8, [(max_prompt, 1) for _ in range(4)]))
     return runs
 
 
@@ -129,11 +127,15 @@ def _keep_busy(engine: LLMEngine | None, rng: np.random.Generator) -> None:
         _add_request(engine, rng, 96, 32)
 
 
-def _run_mix(config: EngineConfig, seed: int, make_device, **mix) -> list[tuple[BatchShape, float]]:
-    """The shape mix (`mix`: shape_mix's options) through fresh devices from
-    `make_device(engine) -> (device, timer, neighbour)`."""
+def _run_mix(config: EngineConfig, seed: int, make_device,
+             only_batches: tuple[int, ...] | None = None) -> list[tuple[BatchShape, float]]:
+    """The shape mix (or its decode runs of `only_batches` requests at once) through fresh devices
+    from `make_device(engine) -> (device, timer, neighbour)`."""
     samples: list[tuple[BatchShape, float]] = []
-    for max_num_seqs, lengths in shape_mix(seed, min(512, (config.max_model_len or 2048) // 2), **mix):
+    runs = shape_mix(seed, min(512, (config.max_model_len or 2048) // 2))
+    if only_batches is not None:
+        runs = [runs[PROFILE_BATCHES.index(batch)] for batch in only_batches]
+    for max_num_seqs, lengths in runs:
         engine = LLMEngine(EngineConfig(**{**config.__dict__, "max_num_seqs": max_num_seqs}))
         device, timer, neighbour = make_device(engine)
         try:
@@ -169,24 +171,33 @@ def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: En
     return _run_mix(config, seed, make_device)
 
 
-def speed_probe(config: EngineConfig, cores: list[int], fitted: FittedModel, seed: int = 1) -> float:
-    """How much slower (>1) or faster the machine runs `config`'s lane jobs now than when `fitted`
-    was profiled: total measured over total predicted span of a short mix on a lane of `cores`
-    (about 130 jobs, seconds to a minute). A shared VM's speed drifts: the same requests measured
-    TPOT p50 74 to 88 ms an hour apart (docs/benchmarks.md), more than the fit's own error."""
+def speed_probe(config: EngineConfig, cores: list[int], reference: list[tuple[BatchShape, float]],
+                seed: int = 0) -> float:
+    """How much slower (>1) or faster the machine runs `config`'s lane jobs on `cores` now than when
+    `reference` (the cost file's samples "alone" for that lane size) was profiled: the profile's
+    runs of PROBE_BATCHES again (about 130 jobs, seconds to a minute), compared job for job with the
+    same batch shapes then. Against the fit instead, a probe would also measure the fit's bias on
+    this part of the mix (it read 1.095 on a machine that served the workload at the fitted speed).
+    A shared VM's speed drifts: the same requests measured TPOT p50 74 to 88 ms an hour apart."""
 
     def make_device(engine):
         engines = {engine.config.name: engine}
         timer = TimedLanes(ProcessLanes(engines, [cores]))
         return DeviceEngine(engines, "temporal", executor=timer, spread_batches=False), timer, None
 
-    return speed_factor(fitted, str(len(cores)), _run_mix(config, seed, make_device, batches=PROBE_BATCHES,
-                                                          long_prompts=False))
+    return speed_factor(_run_mix(config, seed, make_device, only_batches=PROBE_BATCHES), reference)
 
 
-def speed_factor(fitted: FittedModel, size: str, samples: list[tuple[BatchShape, float]]) -> float:
-    """Total measured over total predicted span: a total, so long jobs weigh as much as the time they take."""
-    return sum(t for _, t in samples) / sum(fitted.seconds(shape, size) for shape, _ in samples)
+def speed_factor(samples: list[tuple[BatchShape, float]], reference: list[tuple[BatchShape, float]]) -> float:
+    """Total time of `samples` over total time of the same shapes in `reference` (each reference job
+    used once; shapes it lacks are left out): a total, so long jobs weigh as much as they take."""
+    then: dict[BatchShape, list[float]] = {}
+    for shape, seconds in reference:
+        then.setdefault(shape, []).append(seconds)
+    pairs = [(seconds, then[shape].pop()) for shape, seconds in samples if then.get(shape)]
+    if len(pairs) < len(samples) / 2:
+        raise ValueError(f"only {len(pairs)} of {len(samples)} probe jobs match the reference's batch shapes")
+    return sum(now for now, _ in pairs) / sum(before for _, before in pairs)
 
 
 def profile_split(config: EngineConfig, lane_cores: list[list[int]], seed: int = 0) -> list[tuple[BatchShape, float]]:
