@@ -92,6 +92,7 @@ def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int)
         "p50_ttft_s": float(np.percentile(ttft, 50)), "p99_ttft_s": float(np.percentile(ttft, 99)),
         "p50_tpot_s": float(np.percentile(tpot, 50)), "p99_tpot_s": float(np.percentile(tpot, 99)),
         "throughput_req_s": len(done) / max(r.end_time for r in done),
+        "busy_share": sum(backend.busy_s.values()) / (replicas * backend.clock.now),
         "mean_queued_s": _mean_queued(timeline, len(records)),
         "drops": len(events.drops), "restores": len(events.restores), "swaps_out": events.swaps_out,
         "migrations": events.migrations, "queue_moves": events.queue_moves,
@@ -126,14 +127,14 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
     title = f"{name} on {replicas}x {gpu}, x{scale:g} ({len(burst)} requests in {seconds:g} s)"
     print(f"\n{title}")
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>7} "
-          f"{'queued':>7} {'peak demand':>11} {'wall s':>6} events")
+          f"{'queued':>7} {'peak demand':>11} {'busy':>5} {'wall s':>6} events")
     for r in [*results.values(), {**calm, "strategy": "x1/4"}]:
         events = (f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']} "
                   f"queue moves {r.get('queue_moves', 0)}")
         peak = max(s["demand"] for s in r["timeline"])
         print(f"{r['strategy']:<10} {r['p50_ttft_s']:9.3f} {r['p99_ttft_s']:9.3f} {r['p50_tpot_s']:9.4f} "
               f"{r['p99_tpot_s']:9.4f} {r['throughput_req_s']:7.2f} {r['mean_queued_s']:7.2f} {peak:11.2f} "
-              f"{r['wall_s']:6.1f} {events}")
+              f"{r['busy_share']:5.0%} {r['wall_s']:6.1f} {events}")
     drop = results["drop"]["p99_ttft_s"]
     ratios = {s: results[s]["p99_ttft_s"] / drop for s in ("recompute", "swap", "migrate")}
     tpot_ratio = results["drop"]["p99_tpot_s"] / results["recompute"]["p99_tpot_s"]

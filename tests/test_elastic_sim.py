@@ -125,9 +125,11 @@ def test_a_member_with_an_empty_queue_takes_the_oldest_of_its_partners():
         backend.clock.advance_to(i * 0.01)
         first.add_request([1] * 600, params, str(i))
     arrivals = {rid: state.metrics.arrival_time for rid, state in first.states.items()}
-    assert pipeline.share_queue(group, second) == 4  # 2048 tokens of budget: four 600-token prompts
-    assert [r.request_id for r in second.scheduler.waiting] == ["0", "1", "2", "3"]
-    assert [r.request_id for r in first.scheduler.waiting] == ["4", "5", "6", "7"]
+    # a micro-batch gets half of a step's 2048-token budget: two 600-token prompts fill it
+    assert [r.scheduler.config.max_num_batched_tokens for r in (first, second)] == [1024, 1024]
+    assert pipeline.share_queue(group, second) == 2
+    assert [r.request_id for r in second.scheduler.waiting] == ["0", "1"]
+    assert [r.request_id for r in first.scheduler.waiting] == ["2", "3", "4", "5", "6", "7"]
     assert pipeline.share_queue(group, first) == 0  # it has a batch's worth queued already
     for replica in (first, second):
         _check_queue_demand(cluster)
@@ -142,6 +144,8 @@ def test_a_member_with_an_empty_queue_takes_the_oldest_of_its_partners():
         finished += [o.request_id for o in cluster.collect() if o.finished]
     assert sorted(finished) == [str(i) for i in range(8)]
     assert first.kv.pool.num_used_blocks == 0
+    assert not cluster.groups  # restored: each member's budget is a whole step's again
+    assert [r.scheduler.config.max_num_batched_tokens for r in (first, second)] == [2048, 2048]
 
 
 def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():

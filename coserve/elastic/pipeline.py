@@ -13,7 +13,8 @@ Both run while the members' lanes are idle: the exchange is a stop-the-world cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from coserve.elastic.kv_moves import move_waiting
 from coserve.elastic.replica import Replica
@@ -25,6 +26,7 @@ class PipelineGroup:
     members: list[Replica]
     ranges: list[tuple[int, int]]  # the layers each member keeps, in pipeline order
     next_batch: int = 0  # round-robin over the members' schedulers (one micro-batch each in flight)
+    token_budgets: list[int] = field(default_factory=list)  # each member's step budget serving alone
 
     @property
     def stages(self) -> list[tuple[Replica, int, int]]:
@@ -93,6 +95,7 @@ def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup
     # bookkeeping last: if a member dies above, the members are still alone and own their pages
     for member in members:
         _reown(member, member.name, group.owner)
+    _split_budgets(group)
     members[0].kv.pool.set_limit(group.owner, min(m.pages_for(end - start, m.weight_bytes_held())
                                     for m, (start, end) in zip(members, ranges)))
     return group, exchanged
@@ -123,7 +126,23 @@ def dissolve(group: PipelineGroup) -> None:
     """Give every member its requests' pages back under its own name; the group owner holds none."""
     for member in group.members:
         _reown(member, group.owner, member.name)
+    for member, budget in zip(group.members, group.token_budgets):
+        _set_budget(member, budget)
     group.members[0].kv.pool.set_limit(group.owner, 0)
+
+
+def _split_budgets(group: PipelineGroup) -> None:
+    """Each of the g micro-batches gets 1/g of its member's step budget, so that prefill chunks
+    spread over all of them (the queue is shared, see share_queue) and the stages stay even: one
+    micro-batch carrying a whole budget of prefill beside decode-only ones held every lane of the
+    pipeline to its pace. Over a round, a lane still runs a full budget of tokens' worth of layers."""
+    group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
+    for member, budget in zip(group.members, group.token_budgets):
+        _set_budget(member, max(1, budget // len(group.members)))
+
+
+def _set_budget(member: Replica, tokens: int) -> None:
+    member.scheduler.config = dataclasses.replace(member.scheduler.config, max_num_batched_tokens=tokens)
 
 
 def _reown(member: Replica, src: str, dst: str) -> None:

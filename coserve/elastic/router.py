@@ -3,6 +3,8 @@ with the queue's demand counted as already used."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from coserve.engine.kv_cache_manager import cdiv
 from coserve.engine.llm_engine import LLMEngine
 
@@ -12,16 +14,21 @@ def queued_pages(engine: LLMEngine) -> int:
     return engine.scheduler.num_waiting_pages
 
 
-def freeness(engine: LLMEngine) -> float:
+def freeness(engine: LLMEngine, sharers: int = 1) -> float:
+    """`sharers`: how many replicas allocate from the engine's pool owner (a pipeline group's
+    members share the group's pages, so each counts its share of them)."""
     kv = engine.kv
-    free = kv.pool.headroom(kv.owner) - queued_pages(engine)
+    free = kv.pool.headroom(kv.owner) / sharers - queued_pages(engine)
     return free / max(1, engine.scheduler.num_running)
 
 
 def pick_replica(engines: list[LLMEngine], prompt_len: int) -> LLMEngine:
     """The freest replica that could ever hold the prompt (the first one when none could: its
-    length check then names the limit)."""
+    length check then names the limit). Counted whole, a group's free pages made every member look
+    freest and drew the arrivals of the whole cluster onto the group's compute."""
     fitting = [e for e in engines if cdiv(prompt_len + 1, e.kv.block_size) <= e.kv.pool.capacity(e.kv.owner)]
     if not fitting:
         return engines[0]
-    return max(fitting, key=lambda e: (freeness(e), -e.scheduler.num_running - e.scheduler.num_waiting))
+    sharers = Counter(e.kv.owner for e in engines)
+    return max(fitting, key=lambda e: (freeness(e, sharers[e.kv.owner]),
+                                       -e.scheduler.num_running - e.scheduler.num_waiting))

@@ -40,6 +40,7 @@ class SimBackend:
         self._roofline: RooflineCost | None = None
         self._ends: dict[int, float] = {}  # replica index -> when its running stage ends
         self._results: dict[int, object] = {}
+        self.busy_s: dict[int, float] = {}  # replica index -> seconds its device ran stages (utilisation)
 
     def make_replica(self, engine_config: EngineConfig, index: int, config: ElasticConfig, pool_for,
                      clock) -> SimReplica:
@@ -61,6 +62,7 @@ class SimBackend:
             raise RuntimeError(f"replica {index} already runs a stage")
         self._ends[index] = self.clock.now + seconds
         self._results[index] = result
+        self.busy_s[index] = self.busy_s.get(index, 0.0) + seconds
 
     def result(self, index: int):
         del self._ends[index]
