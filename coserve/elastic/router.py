@@ -24,8 +24,8 @@ def freeness(engine: LLMEngine, sharers: int = 1) -> float:
 
 def pick_replica(engines: list[LLMEngine], prompt_len: int) -> LLMEngine:
     """The freest replica that could ever hold the prompt (the first one when none could: its
-    length check then names the limit). Counted whole, a group's free pages made every member look
-    freest and drew the arrivals of the whole cluster onto the group's compute."""
+    length check then names the limit). Counted whole, the group's free pages would count once per
+    member, and a group of g members would look g times freer than it is."""
     fitting = [e for e in engines if cdiv(prompt_len + 1, e.kv.block_size) <= e.kv.pool.capacity(e.kv.owner)]
     if not fitting:
         return engines[0]
