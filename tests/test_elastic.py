@@ -195,3 +195,24 @@ def test_drop_plan_is_feasible_and_near_brute_force_coverage():
         optimal_total += _brute_force_covered(replicas, capacity, 3)
     print(f"greedy covers {covered_total} of {optimal_total} coverable overloaded replicas")
     assert covered_total >= 0.8 * optimal_total  # measured: 290 of 342 (85%)
+
+
+def test_the_router_counts_a_group_members_share_of_the_groups_pages():
+    """Two grouped replicas with 300 free pages between them and a lone one with 200: each member
+    has 150 of its own to offer, so a request goes to the lone replica."""
+    from types import SimpleNamespace
+
+    from coserve.elastic.router import pick_replica
+    from coserve.engine.block_pool import BlockPool
+
+    pool = BlockPool(500)
+    pool.set_limit("group", 300)
+    pool.set_limit("lone", 200)
+
+    def replica(owner: str):
+        scheduler = SimpleNamespace(num_running=1, num_waiting=0, num_waiting_pages=0)
+        return SimpleNamespace(kv=SimpleNamespace(pool=pool, owner=owner, block_size=16), scheduler=scheduler)
+    first, second, lone = replica("group"), replica("group"), replica("lone")
+    assert pick_replica([first, second, lone], prompt_len=100) is lone
+    pool.set_limit("lone", 100)
+    assert pick_replica([first, second, lone], prompt_len=100) is first
