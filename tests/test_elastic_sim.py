@@ -125,11 +125,17 @@ def test_a_member_with_an_empty_queue_takes_the_oldest_of_its_partners():
         backend.clock.advance_to(i * 0.01)
         first.add_request([1] * 600, params, str(i))
     arrivals = {rid: state.metrics.arrival_time for rid, state in first.states.items()}
-    # a micro-batch gets half of a step's 2048-token budget: two 600-token prompts fill it
+    head, limit = first.scheduler.waiting[0], first.kv.pool.limits[group.owner]
+    first.kv.pool.set_limit(group.owner, 0)
+    assert not first.kv.allocate_slots(head, 600)  # refused pages: it keeps an empty block table
+    first.kv.pool.set_limit(group.owner, limit)
+    # a micro-batch gets half of a step's 2048-token budget: two 600-token prompts fill it; "1" is
+    # being aborted (its owner's batch is in flight), so it stays
     assert [r.scheduler.config.max_num_batched_tokens for r in (first, second)] == [1024, 1024]
-    assert pipeline.share_queue(group, second) == 2
-    assert [r.request_id for r in second.scheduler.waiting] == ["0", "1"]
-    assert [r.request_id for r in first.scheduler.waiting] == ["2", "3", "4", "5", "6", "7"]
+    assert pipeline.share_queue(group, second, pending_aborts={"1"}) == 2
+    assert [r.request_id for r in second.scheduler.waiting] == ["0", "2"]
+    assert [r.request_id for r in first.scheduler.waiting] == ["1", "3", "4", "5", "6", "7"]
+    assert "0" not in first.kv.block_tables
     assert pipeline.share_queue(group, first) == 0  # it has a batch's worth queued already
     for replica in (first, second):
         _check_queue_demand(cluster)
@@ -146,6 +152,19 @@ def test_a_member_with_an_empty_queue_takes_the_oldest_of_its_partners():
     assert first.kv.pool.num_used_blocks == 0
     assert not cluster.groups  # restored: each member's budget is a whole step's again
     assert [r.scheduler.config.max_num_batched_tokens for r in (first, second)] == [2048, 2048]
+
+
+def test_a_split_budget_keeps_a_token_per_sequence():
+    from coserve.elastic import pipeline
+
+    backend = SimBackend(SPEC, get_hardware("A100-80GB"))
+    engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=128, max_num_batched_tokens=200)
+    cluster = ElasticCluster(engine, ElasticConfig("drop", num_replicas=2, memory_budget_bytes=BUDGET),
+                             clock=backend.clock, backend=backend)
+    group, _ = pipeline.drop(cluster.replicas, cluster.config.peer_bytes_per_s)
+    assert [r.scheduler.config.max_num_batched_tokens for r in cluster.replicas] == [128, 128]  # not 100
+    pipeline.dissolve(group)
+    assert [r.scheduler.config.max_num_batched_tokens for r in cluster.replicas] == [200, 200]
 
 
 def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():

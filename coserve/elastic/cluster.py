@@ -225,7 +225,7 @@ class ElasticCluster:
             member = group.members[group.next_batch % len(group.members)]
             group.next_batch += 1
             if member.index not in self.batch_in_flight:
-                self.events.queue_moves += pipeline.share_queue(group, member)
+                self.events.queue_moves += pipeline.share_queue(group, member, self._deferred_aborts)
                 outputs = self._start(member, group.stages)
                 if member.index in self.batch_in_flight or outputs:
                     return outputs

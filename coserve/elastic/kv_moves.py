@@ -64,6 +64,9 @@ def move_waiting(src: Replica, dst: Replica, request: Request) -> None:
     """Hand a queued request that holds no pages to another replica's queue (its arrival time, and so
     its TTFT, stay as they were)."""
     rid = request.request_id
+    if src.kv.block_tables.get(rid):
+        raise RuntimeError(f"queued request {rid} holds pages: it cannot move without them")
+    src.kv.block_tables.pop(rid, None)  # a request refused pages keeps an empty table
     src.scheduler.remove_waiting(request)
     dst.adopt_state(src.release_state(rid))
     dst.scheduler.append_waiting(request)

@@ -39,12 +39,13 @@ class PipelineGroup:
         return member.kv.num_held_blocks
 
 
-def share_queue(group: PipelineGroup, member: Replica) -> int:
+def share_queue(group: PipelineGroup, member: Replica, pending_aborts: set[str] = frozenset()) -> int:
     """One queue for the group in effect: a member about to start a micro-batch with less than a
     batch's worth of prompt tokens waiting takes the oldest queued requests of the members with the
     longest queues (pages are the group's, so a request may run under any member). Without it, a
     member that drained its own queue sends small micro-batches through the pipeline while a partner
-    still has a queue. Returns how many requests moved."""
+    still has a queue. Requests whose abort waits for their owner's batch stay. Returns how many
+    requests moved."""
     budget = member.scheduler.config.max_num_batched_tokens
     queued = 0
     for request in member.scheduler.waiting:  # the queue may be long: count only up to the budget
@@ -53,18 +54,23 @@ def share_queue(group: PipelineGroup, member: Replica) -> int:
             return 0
     moved = 0
     for donor in sorted((m for m in group.members if m is not member), key=lambda m: -m.scheduler.num_waiting):
-        waiting = donor.scheduler.waiting
-        while queued < budget and waiting and _movable(donor, waiting[0]):
-            request = waiting[0]
+        taken = []
+        for request in donor.scheduler.waiting:
+            if queued >= budget:
+                break
+            if _movable(donor, request, pending_aborts):
+                taken.append(request)
+                queued += request.num_tokens
+        for request in taken:
             move_waiting(donor, member, request)
-            queued += request.num_tokens
-            moved += 1
+        moved += len(taken)
     return moved
 
 
-def _movable(holder: Replica, request) -> bool:
-    """Queued with no pages: new, or preempted for recompute (a swapped-out one is not queued)."""
-    return request.request_id not in holder.kv.block_tables
+def _movable(holder: Replica, request, pending_aborts) -> bool:
+    """Queued with no pages: new, or preempted for recompute (a swapped-out one is not queued). A
+    request refused pages keeps an empty block table."""
+    return not holder.kv.block_tables.get(request.request_id) and request.request_id not in pending_aborts
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:
@@ -132,13 +138,15 @@ def dissolve(group: PipelineGroup) -> None:
 
 
 def _split_budgets(group: PipelineGroup) -> None:
-    """Each of the g micro-batches gets 1/g of its member's step budget, so that prefill chunks
-    spread over all of them (the queue is shared, see share_queue) and the stages stay even: one
+    """Each of the g micro-batches gets 1/g of its member's step budget (never below max_num_seqs),
+    so that prefill chunks spread over all of them (the queue is shared, see share_queue) and the
+    stages stay even: one
     micro-batch carrying a whole budget of prefill beside decode-only ones held every lane of the
     pipeline to its pace. Over a round, a lane still runs a full budget of tokens' worth of layers."""
     group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
     for member, budget in zip(group.members, group.token_budgets):
-        _set_budget(member, max(1, budget // len(group.members)))
+        # never below a token per sequence: every running decode keeps its place in each step
+        _set_budget(member, max(budget // len(group.members), member.scheduler.config.max_num_seqs))
 
 
 def _set_budget(member: Replica, tokens: int) -> None:
