@@ -38,7 +38,7 @@ SETUPS = {"single": ["smollm2"], "mux": list(MODELS)}
 def cost_file(name: str, cores: int, args) -> FittedModel:
     """The cached fit, a new fit of the cached samples (--refit), or a new profile (--reprofile)."""
     path = COSTS / f"{name}.cpu-{cores}core.json"
-    config = EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
+    config = engine_config(name)
     if path.exists() and not args.reprofile:
         fitted = FittedModel.load(path)
         if not args.refit:
@@ -46,8 +46,7 @@ def cost_file(name: str, cores: int, args) -> FittedModel:
         fitted, errors = fit_profiles(fitted.model, fitted.device, fitted.samples, regime_bounds(config))
     else:
         busiest = next(iter(MODELS))  # the device's most popular model keeps the other lane busy
-        neighbour = EngineConfig(name=busiest, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[busiest])
-        fitted, errors = profile_and_fit(config, [cores], "cpu-local", neighbour=neighbour)
+        fitted, errors = profile_and_fit(config, [cores], "cpu-local", neighbour=engine_config(busiest))
     print(f"fitted {name} on {cores} core(s): {errors}")
     COSTS.mkdir(exist_ok=True)
     fitted.save(path)
@@ -83,8 +82,9 @@ def run_setup(setup: str, args) -> dict:
     runs, probes = [], []
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
         if args.calibrate:  # before each real run, never during one: the probe sees none of its jobs
-            probes.append({str(size): speed_probe(probe_config(), available_cores()[:size], reference_jobs(size))
-                           for size in sorted(set(lanes))})
+            probes.append({str(size): speed_probe(engine_config("smollm2"), available_cores()[:size],
+                                                  fitted["smollm2"].samples[str(size)]["alone"])
+                           for size in sorted(set(lanes))})  # SmolLM2's probe stands for every model
         device = make_device(policy, args.kv_bytes, rates)
         try:
             records = run_load(device, requests, setup)
@@ -109,13 +109,9 @@ def run_setup(setup: str, args) -> dict:
             "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
 
 
-def reference_jobs(size: int):
-    """SmolLM2's profiled jobs alone on a lane of `size` cores (its probe stands for every model)."""
-    return FittedModel.load(COSTS / f"smollm2.cpu-{size}core.json").samples[str(size)]["alone"]
-
-
-def probe_config() -> EngineConfig:
-    return EngineConfig(name="smollm2", max_num_seqs=32, max_num_batched_tokens=512, **MODELS["smollm2"])
+def engine_config(name: str) -> EngineConfig:
+    """A model of the set-up as it is profiled and served here."""
+    return EngineConfig(name=name, max_num_seqs=32, max_num_batched_tokens=512, **MODELS[name])
 
 
 def simulate(setup: str, requests, rates: dict, lanes: list[int], fitted: dict[str, FittedModel],
@@ -135,11 +131,13 @@ def simulate(setup: str, requests, rates: dict, lanes: list[int], fitted: dict[s
 
 
 def merged(name: str, sizes: list[int], args) -> FittedModel:
-    """One model's fits for several lane sizes, as one FittedModel."""
-    coefficients = {}
+    """One model's fits (and the timed jobs they came from) for several lane sizes, as one FittedModel."""
+    coefficients, samples = {}, {}
     for size in sizes:
-        coefficients.update(cost_file(name, size, args).coefficients)
-    return FittedModel(name, "cpu-local", coefficients)
+        fitted = cost_file(name, size, args)
+        coefficients.update(fitted.coefficients)
+        samples.update(fitted.samples)
+    return FittedModel(name, "cpu-local", coefficients, samples)
 
 
 def main() -> None:

@@ -152,11 +152,12 @@ def _run_mix(config: EngineConfig, seed: int, make_device,
 
 
 def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: EngineConfig | None = None,
-            neighbour_cores: list[int] | None = None) -> list[tuple[BatchShape, float]]:
-    """Timed jobs of `config` on a lane of `cores`. With a `neighbour`, the same device runs that
-    model on a second lane (`neighbour_cores`) all the while, through the same host process: the
-    neighbour's memory traffic and its share of the host work both slow the timed lane, as they
-    do when the device's policy runs two models at once."""
+            neighbour_cores: list[int] | None = None,
+            only_batches: tuple[int, ...] | None = None) -> list[tuple[BatchShape, float]]:
+    """Timed jobs of `config` on a lane of `cores` (the whole mix, or its runs of `only_batches`).
+    With a `neighbour`, the same device runs that model on a second lane (`neighbour_cores`) all
+    the while, through the same host process: the neighbour's memory traffic and its share of the
+    host work both slow the timed lane, as they do when the device's policy runs two models at once."""
 
     def make_device(engine):
         engines = {engine.config.name: engine}
@@ -168,7 +169,7 @@ def profile(config: EngineConfig, cores: list[int], seed: int = 0, neighbour: En
         policy = "spatial" if neighbour else "temporal"
         return DeviceEngine(engines, policy, executor=timer, spread_batches=False), timer, engines.get(NEIGHBOUR)
 
-    return _run_mix(config, seed, make_device)
+    return _run_mix(config, seed, make_device, only_batches)
 
 
 def speed_probe(config: EngineConfig, cores: list[int], reference: list[tuple[BatchShape, float]],
@@ -179,13 +180,7 @@ def speed_probe(config: EngineConfig, cores: list[int], reference: list[tuple[Ba
     same batch shapes then. Against the fit instead, a probe would also measure the fit's bias on
     this part of the mix (it read 1.095 on a machine that served the workload at the fitted speed).
     A shared VM's speed drifts: the same requests measured TPOT p50 74 to 88 ms an hour apart."""
-
-    def make_device(engine):
-        engines = {engine.config.name: engine}
-        timer = TimedLanes(ProcessLanes(engines, [cores]))
-        return DeviceEngine(engines, "temporal", executor=timer, spread_batches=False), timer, None
-
-    return speed_factor(_run_mix(config, seed, make_device, only_batches=PROBE_BATCHES), reference)
+    return speed_factor(profile(config, cores, seed, only_batches=PROBE_BATCHES), reference)
 
 
 def speed_factor(samples: list[tuple[BatchShape, float]], reference: list[tuple[BatchShape, float]]) -> float:
