@@ -18,7 +18,15 @@ from coserve.bench import BenchmarkConfig, run_benchmark
 from coserve.bench.cli import add_arguments, config_from_args, run
 from coserve.bench.client import CHAT_ENDPOINT, chunk_text, request_body
 from coserve.bench.prompts import WORDS, synthetic_prompt
-from coserve.metrics import SLO, LatencyStats, RequestRecord, compute_metrics, format_table, steady_throughput
+from coserve.metrics import (
+    SLO,
+    LatencySLO,
+    LatencyStats,
+    RequestRecord,
+    compute_metrics,
+    format_table,
+    steady_throughput,
+)
 from coserve.workload import LengthSpec, WorkloadSpec
 
 # -- a fake OpenAI-compatible server ---------------------------------------------------------------
@@ -278,6 +286,40 @@ def test_per_model_slos_and_groups():
     table = format_table(metrics)
     for text in ("overall", "SLO attainment (%)", "P99 TPOT (ms)", "Goodput (req/s)"):
         assert text in table
+
+
+PREFILL = ((16, 10.0), (64, 40.0), (256, 130.0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(16, 256), st.integers(1, 500))
+def test_latency_slo_base_interpolates_prefill_and_adds_a_decode_step_per_later_token(prompt, output):
+    slo = LatencySLO(PREFILL, decode_ms=5.0)
+    lengths, times = zip(*PREFILL)
+    assert slo.base_ms(prompt, output) == pytest.approx(np.interp(prompt, lengths, times) + (output - 1) * 5.0)
+
+
+def test_latency_slo_extrapolates_from_the_nearest_segment_and_scales():
+    slo = LatencySLO(PREFILL, decode_ms=5.0)
+    assert slo.base_ms(512, 1) == pytest.approx(130.0 + 256 * 90.0 / 192)  # the 64..256 slope
+    assert slo.base_ms(8, 1) == pytest.approx(10.0 - 8 * 30.0 / 48)  # the 16..64 slope
+    assert slo.scaled(4).scaled(2).scale == 8
+    for bad in (dict(prefill_ms=((16, 10.0),)), dict(prefill_ms=((64, 1.0), (16, 2.0))),
+                dict(prefill_ms=PREFILL, decode_ms=0.0), dict(prefill_ms=PREFILL, scale=-1.0)):
+        with pytest.raises(ValueError):
+            LatencySLO(**{"decode_ms": 5.0, **bad})
+
+
+def test_latency_slo_attainment_counts_requests_within_scale_times_their_own_base():
+    # prompt 8 tokens: prefill 10 - 8 * 30/48 = 5 ms; 11 tokens: base 5 + 10 * 5 = 55 ms; x4 = 220 ms.
+    slo = LatencySLO(PREFILL, decode_ms=5.0, scale=4)
+    records = [record(ttft=0.019, tpot=0.02, request_id=0),  # e2e 219 ms: meets
+               record(ttft=0.021, tpot=0.02, request_id=1),  # 221 ms: misses
+               record(ttft=0.2, tpot=0.001, request_id=2),  # long first token, short e2e: meets
+               record(success=False, request_id=3)]
+    assert [slo.met_by(r) for r in records] == [True, False, True, False]
+    metrics = compute_metrics(records, {"m": slo}, duration_s=1.0)
+    assert metrics.overall.slo_attainment == pytest.approx(0.5)
 
 
 def test_groups_follow_the_given_model_order_and_keep_idle_models():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench.config import BenchmarkConfig
-from coserve.metrics import SLO, BenchmarkMetrics, RequestRecord, format_table
+from coserve.metrics import SLO, BenchmarkMetrics, LatencySLO, RequestRecord, SLOSet, format_table
 
 
 @dataclass
@@ -46,8 +46,8 @@ class BenchmarkResult:
         return path
 
 
-def _slos_dict(slos: SLO | dict[str, SLO] | None) -> dict[str, Any] | None:
-    if slos is None or isinstance(slos, SLO):
+def _slos_dict(slos: SLOSet) -> dict[str, Any] | None:
+    if slos is None or isinstance(slos, SLO | LatencySLO):
         return None if slos is None else asdict(slos)
     return {model: asdict(slo) for model, slo in slos.items()}
 

@@ -3,7 +3,7 @@
 from coserve.metrics.plots import plot_results
 from coserve.metrics.record import RequestRecord
 from coserve.metrics.report import format_table
-from coserve.metrics.slo import SLO, SLOSet, slo_for
+from coserve.metrics.slo import SLO, LatencySLO, SLOSet, slo_for
 from coserve.metrics.summary import (
     OVERALL,
     BenchmarkMetrics,
@@ -16,7 +16,7 @@ from coserve.metrics.summary import (
 )
 
 __all__ = [
-    "OVERALL", "SLO", "BenchmarkMetrics", "GroupMetrics", "LatencyStats", "RequestRecord", "SLOSet",
+    "OVERALL", "SLO", "BenchmarkMetrics", "GroupMetrics", "LatencySLO", "LatencyStats", "RequestRecord", "SLOSet",
     "compute_metrics", "format_table", "group_metrics", "plot_results", "run_duration", "slo_for",
     "steady_throughput",
 ]

@@ -1,4 +1,5 @@
-"""Latency SLOs: absolute (`ttft:200 tpot:50`) or a multiple of single-request latency (MuxServe)."""
+"""Latency SLOs: absolute bounds (`ttft:200 tpot:50`), or MuxServe's request latency within a multiple
+of what the same request takes alone (`LatencySLO`)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,49 @@ class SLO:
         return SLO(times(self.ttft_ms), times(self.tpot_ms), times(self.e2e_ms))
 
 
-SLOSet = SLO | Mapping[str, SLO] | None  # one SLO for all models, one per model, or none
+@dataclass(frozen=True)
+class LatencySLO:
+    """MuxServe's SLO: a request meets it when its end-to-end latency is within `scale` times the
+    latency the same request has alone on the device. That base is the prefill of its prompt,
+    interpolated between the measured `(prompt tokens, ms)` points (and extrapolated from the
+    nearest two beyond them), plus one `decode_ms` step per output token after the first (the
+    prefill yields the first). Unlike one TTFT bound per model, the budget grows with the request:
+    a long answer may wait longer for its first token."""
+
+    prefill_ms: tuple[tuple[int, float], ...]
+    decode_ms: float
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        lengths = [length for length, _ in self.prefill_ms]
+        if len(lengths) < 2 or lengths != sorted(set(lengths)):
+            raise ValueError(f"prefill_ms needs two or more points at increasing prompt lengths, got {self.prefill_ms}")
+        if self.decode_ms <= 0 or self.scale <= 0 or any(ms <= 0 for _, ms in self.prefill_ms):
+            raise ValueError("decode_ms, scale and every prefill time must be > 0")
+
+    def base_ms(self, prompt_tokens: int, output_tokens: int) -> float:
+        """The request's latency alone: its prefill plus its decode steps."""
+        points = self.prefill_ms
+        right = next((i for i, (length, _) in enumerate(points) if length >= prompt_tokens), len(points) - 1)
+        (x0, y0), (x1, y1) = points[max(right, 1) - 1], points[max(right, 1)]
+        prefill = y0 + (y1 - y0) * (prompt_tokens - x0) / (x1 - x0)
+        return max(prefill, 0.0) + max(output_tokens - 1, 0) * self.decode_ms
+
+    def met_by(self, record: RequestRecord) -> bool:
+        if not record.success or record.e2e is None:
+            return False
+        base = self.base_ms(record.prompt_tokens or record.input_len, record.output_tokens or record.output_len)
+        return record.e2e * 1000 <= self.scale * base
+
+    def scaled(self, scale: float) -> LatencySLO:
+        return LatencySLO(self.prefill_ms, self.decode_ms, self.scale * scale)
 
 
-def slo_for(slos: SLOSet, model: str) -> SLO | None:
-    if slos is None or isinstance(slos, SLO):
+AnySLO = SLO | LatencySLO
+SLOSet = AnySLO | Mapping[str, AnySLO] | None  # one SLO for all models, one per model, or none
+
+
+def slo_for(slos: SLOSet, model: str) -> AnySLO | None:
+    if slos is None or isinstance(slos, SLO | LatencySLO):
         return slos
     return slos.get(model)
