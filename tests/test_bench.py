@@ -18,6 +18,7 @@ from coserve.bench import BenchmarkConfig, run_benchmark
 from coserve.bench.cli import add_arguments, config_from_args, run
 from coserve.bench.client import CHAT_ENDPOINT, chunk_text, request_body
 from coserve.bench.prompts import WORDS, synthetic_prompt
+from coserve.bench.result import BenchmarkResult
 from coserve.metrics import (
     SLO,
     LatencySLO,
@@ -320,6 +321,9 @@ def test_latency_slo_attainment_counts_requests_within_scale_times_their_own_bas
     assert [slo.met_by(r) for r in records] == [True, False, True, False]
     metrics = compute_metrics(records, {"m": slo}, duration_s=1.0)
     assert metrics.overall.slo_attainment == pytest.approx(0.5)
+    config = BenchmarkConfig(WorkloadSpec(models=("m",)), "http://127.0.0.1:1", slos={"m": slo})
+    saved = json.loads(json.dumps(BenchmarkResult(config, metrics, records, "now").to_dict(), allow_nan=False))
+    assert saved["config"]["slos"]["m"] == {"prefill_ms": [list(p) for p in PREFILL], "decode_ms": 5.0, "scale": 4}
 
 
 def test_groups_follow_the_given_model_order_and_keep_idle_models():

@@ -72,7 +72,7 @@ class LatencySLO:
     def met_by(self, record: RequestRecord) -> bool:
         if not record.success or record.e2e is None:
             return False
-        base = self.base_ms(record.prompt_tokens or record.input_len, record.output_tokens or record.output_len)
+        base = self.base_ms(record.prompt_tokens or record.input_len, record.output_tokens)
         return record.e2e * 1000 <= self.scale * base
 
     def scaled(self, scale: float) -> LatencySLO:
