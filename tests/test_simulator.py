@@ -276,7 +276,7 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
     result = json.loads(out.read_text())
     assert result["num_requests"] > 50 and result["request_throughput"] > 0
     assert result["steady_request_throughput"] > 0
-    assert 0 <= result["slo_attainment"] <= 1
+    assert 0 <= result["slo_attainment"] <= 1 and 0 <= result["latency_slo_attainment"] <= 1
     # GPU lanes share one memory: a model's batch is never split across them.
     from coserve.placement.placement_file import load_placement
     from coserve.simulator.from_placement import devices_from_placement
@@ -284,6 +284,33 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
     assert not any(d.spread_batches for d in devices_from_placement(load_placement(placement)))
     assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["simulate", str(placement), "--rate-scale", "-1"]) == 2
+    assert main(["simulate", str(placement), "--latency-slo-scale", "0"]) == 2
+
+
+def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_whole_mesh(tmp_path):
+    """MuxServe's SLO measures a request against its latency alone. The base built from the roofline
+    (prefill interpolated between a few prompt lengths, a fixed decode step) must match what the
+    event loop gives one request alone on a one-lane mesh (chunked prefill, context growing per
+    token), for every model of a plan and short to long requests."""
+    from pathlib import Path
+
+    from coserve.entrypoints.cli import main
+    from coserve.placement.placement_file import load_placement
+    from coserve.simulator.from_placement import devices_from_placement, placement_latency_slos, roofline_factory
+    from coserve.simulator.partition import simulate_in_parallel
+    from coserve.workload.generator import WorkloadRequest
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "plan_small.yaml"
+    assert main(["plan", str(example), "-o", str(tmp_path / "placement.yaml")]) == 0
+    placement = load_placement(tmp_path / "placement.yaml")
+    slos = placement_latency_slos(placement, scale=1.0)
+    assert set(slos) == {m.name for m in placement.models}
+    devices = devices_from_placement(placement, "temporal")
+    for name, slo in slos.items():
+        for prompt, output in ((16, 8), (512, 64), (1500, 200)):
+            request = WorkloadRequest(0, name, 0.0, prompt, output)
+            (record,), _ = simulate_in_parallel(devices, roofline_factory(placement), [request], workers=1)
+            assert record.e2e * 1e3 == pytest.approx(slo.base_ms(prompt, output), rel=0.05), (name, prompt)
 
 
 class _SlowedBeside:

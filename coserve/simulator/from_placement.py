@@ -9,18 +9,41 @@ share; `temporal` one lane holding the whole mesh; `spatial` one lane per model,
 from __future__ import annotations
 
 from coserve.costmodel.hardware import HardwareSpec, get_hardware
+from coserve.costmodel.roofline import decode_seconds, prefill_seconds
 from coserve.engine.multiplexer import POLICIES
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import ModelSpec
-from coserve.metrics import SLO
+from coserve.metrics import SLO, LatencySLO
 from coserve.placement.placement_file import PlacedMesh, PlacementFile
+from coserve.placement.shapes import model_spec
 from coserve.simulator.cluster import SimDeviceSpec, SimModel
 from coserve.simulator.cost import MeshModel, RooflineCost
 from coserve.simulator.lanes import JobCost
 
+PROBE_PROMPTS = (16, 128, 512, 2048)  # prompt lengths the solo prefill is taken at (and interpolated between)
+# cached tokens of the solo decode step: the paper's ShareGPT means, a 161-token prompt + half a 338-token answer
+DECODE_CONTEXT = 330
+
 
 def placement_slos(placement: PlacementFile) -> dict[str, SLO]:
     return {m.name: SLO(ttft_ms=m.ttft_slo_ms, tpot_ms=m.tpot_slo_ms) for m in placement.models}
+
+
+def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, LatencySLO]:
+    """MuxServe's SLO per model: end-to-end latency within `scale` x the same request alone on the
+    smallest mesh holding the model, all of it (roofline prefill at a few prompt lengths, and one
+    decode step at batch 1)."""
+    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    copies = [m for mesh in placement.meshes for m in mesh.models]
+    largest_first = sorted(copies, key=lambda m: -m.tensor_parallel * m.pipeline_parallel)
+    smallest = {m.name: m for m in largest_first}  # the last copy of a name, on its smallest mesh, stays
+    slos = {}
+    for name, m in smallest.items():
+        spec, degrees = model_spec(m.model, m.name), dict(tp=m.tensor_parallel, pp=m.pipeline_parallel)
+        prefill = tuple((n, 1e3 * prefill_seconds(spec, m.dtype, hw, n, (n - 1) / 2, **degrees)) for n in PROBE_PROMPTS)
+        decode = 1e3 * decode_seconds(spec, m.dtype, hw, 1, DECODE_CONTEXT, **degrees)
+        slos[name] = LatencySLO(prefill, decode, scale)
+    return slos
 
 
 def devices_from_placement(placement: PlacementFile, policy: str = "mux") -> list[SimDeviceSpec]:
