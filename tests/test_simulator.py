@@ -291,7 +291,8 @@ def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_wh
     """MuxServe's SLO measures a request against its latency alone. The base built from the roofline
     (prefill interpolated between a few prompt lengths, a fixed decode step) must match what the
     event loop gives one request alone on a one-lane mesh (chunked prefill, context growing per
-    token), for every model of a plan and short to long requests."""
+    token), for every model of a plan and short to long requests. MuxServe takes that base on the
+    fewest GPUs holding the model, so a model placed on more GPUs gets a looser (slower) base."""
     from pathlib import Path
 
     from coserve.entrypoints.cli import main
@@ -303,7 +304,9 @@ def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_wh
     example = Path(__file__).resolve().parent.parent / "examples" / "plan_small.yaml"
     assert main(["plan", str(example), "-o", str(tmp_path / "placement.yaml")]) == 0
     placement = load_placement(tmp_path / "placement.yaml")
-    slos = placement_latency_slos(placement, scale=1.0)
+    as_placed = placement.model_copy(update={"models": [m.model_copy(update={"min_mesh": None})
+                                                        for m in placement.models]})
+    slos = placement_latency_slos(as_placed, scale=1.0)  # taken on the mesh each model was placed on
     assert set(slos) == {m.name for m in placement.models}
     devices = devices_from_placement(placement, "temporal")
     for name, slo in slos.items():
@@ -311,6 +314,15 @@ def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_wh
             request = WorkloadRequest(0, name, 0.0, prompt, output)
             (record,), _ = simulate_in_parallel(devices, roofline_factory(placement), [request], workers=1)
             assert record.e2e * 1e3 == pytest.approx(slo.base_ms(prompt, output), rel=0.05), (name, prompt)
+    on_fewest = placement_latency_slos(placement, scale=1.0)
+    placed_tp = {m.name: m.tensor_parallel for mesh in placement.meshes for m in mesh.models}
+    # a 7B-30B decode step is bandwidth-bound: half the GPUs, about twice the time (a 0.5B model's
+    # is not: on two GPUs its all-reduce outweighs the halved weights)
+    large = ("chat", "code", "big")  # llama3-8b, mistral-7b and llama-30b in plan_small.yaml
+    wider = [m for m in placement.models if m.name in large and m.min_mesh < placed_tp[m.name]]
+    assert wider  # the plan puts some large model on more GPUs than it needs
+    for m in wider:
+        assert on_fewest[m.name].decode_ms > 1.5 * slos[m.name].decode_ms
 
 
 class _SlowedBeside:

@@ -56,6 +56,8 @@ class ModelSummary(_Strict):
     est_slo_attainment: float
     ttft_slo_ms: float | None = None
     tpot_slo_ms: float | None = None
+    min_mesh: int | None = Field(None, ge=1, description="fewest GPUs that hold the model: where its SLO's "
+                                                          "latency alone is taken")
 
 
 class Totals(_Strict):

@@ -64,7 +64,7 @@ def _model_summaries(problem: Problem, meshes: list[PlacedMesh]) -> list[ModelSu
             name=m.name, rate=m.rate, replicas=[mesh_id for mesh_id, _ in copies], est_throughput=served,
             est_slo_attainment=good / m.rate,
             ttft_slo_ms=None if m.ttft_slo is None else m.ttft_slo * 1e3,
-            tpot_slo_ms=None if m.tpot_slo is None else m.tpot_slo * 1e3))
+            tpot_slo_ms=None if m.tpot_slo is None else m.tpot_slo * 1e3, min_mesh=m.min_mesh))
     return out
 
 

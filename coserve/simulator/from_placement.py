@@ -31,18 +31,25 @@ def placement_slos(placement: PlacementFile) -> dict[str, SLO]:
 
 def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, LatencySLO]:
     """MuxServe's SLO per model: end-to-end latency within `scale` x the same request alone on the
-    smallest mesh holding the model, all of it (roofline prefill at a few prompt lengths, and one
-    decode step at batch 1)."""
+    fewest GPUs that hold the model, all of them (as MuxServe profiles its base: 7B and 13B on one
+    GPU, 30B on four, 65B on eight), from the roofline: prefill at a few prompt lengths, and one
+    decode step at batch 1. A placement without `min_mesh` (an older file) uses the smallest mesh
+    the model was placed on."""
     hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
     copies = [m for mesh in placement.meshes for m in mesh.models]
     largest_first = sorted(copies, key=lambda m: -m.tensor_parallel * m.pipeline_parallel)
-    smallest = {m.name: m for m in largest_first}  # the last copy of a name, on its smallest mesh, stays
+    placed = {m.name: m for m in largest_first}  # the last copy of a name, on its smallest mesh, stays
     slos = {}
-    for name, m in smallest.items():
-        spec, degrees = model_spec(m.model, m.name), dict(tp=m.tensor_parallel, pp=m.pipeline_parallel)
+    for summary in placement.models:
+        m = placed.get(summary.name)
+        if m is None:
+            continue
+        spec = model_spec(m.model, m.name)
+        degrees = dict(tp=summary.min_mesh, pp=1) if summary.min_mesh else dict(tp=m.tensor_parallel,
+                                                                                 pp=m.pipeline_parallel)
         prefill = tuple((n, 1e3 * prefill_seconds(spec, m.dtype, hw, n, (n - 1) / 2, **degrees)) for n in PROBE_PROMPTS)
         decode = 1e3 * decode_seconds(spec, m.dtype, hw, 1, DECODE_CONTEXT, **degrees)
-        slos[name] = LatencySLO(prefill, decode, scale)
+        slos[summary.name] = LatencySLO(prefill, decode, scale)
     return slos
 
 
