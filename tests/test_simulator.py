@@ -287,13 +287,25 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
     assert main(["simulate", str(placement), "--latency-slo-scale", "0"]) == 2
 
 
-def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_whole_mesh(tmp_path):
-    """MuxServe's SLO measures a request against its latency alone. The base built from the roofline
-    (prefill interpolated between a few prompt lengths, a fixed decode step) must match what the
-    event loop gives one request alone on a one-lane mesh (chunked prefill, context growing per
-    token), for every model of a plan and short to long requests. MuxServe takes that base on the
-    fewest GPUs holding the model, so a model placed on more GPUs gets a looser (slower) base."""
-    from pathlib import Path
+def _cut_to(placement, name: str, gpus: int):
+    """The placement with the mesh holding `name` cut to its first `gpus` GPUs, `name` alone on it at
+    that tensor degree (the mesh MuxServe's SLO takes a request's latency alone on)."""
+    meshes = []
+    for mesh in placement.meshes:
+        mine = [m.model_copy(update={"tensor_parallel": gpus, "pipeline_parallel": 1})
+                for m in mesh.models if m.name == name]
+        meshes.append(mesh.model_copy(update={"gpus": mesh.gpus[:gpus], "models": mine}) if mine else mesh)
+    return placement.model_copy(update={"meshes": meshes})
+
+
+def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_fewest_gpus(tmp_path):
+    """MuxServe's SLO measures a request against its latency alone on the fewest GPUs that hold its
+    model (7B on one A100, 65B on more). The base built from the roofline (prefill interpolated
+    between a few prompt lengths, a fixed decode step) must match what the event loop gives one
+    request alone on a one-lane mesh of that size (chunked prefill, context growing per token), for
+    short to long requests; and an older placement without `min_mesh` takes the mesh each model was
+    placed on."""
+    import yaml
 
     from coserve.entrypoints.cli import main
     from coserve.placement.placement_file import load_placement
@@ -301,28 +313,31 @@ def test_muxserve_slo_base_is_what_the_simulator_gives_a_request_alone_on_its_wh
     from coserve.simulator.partition import simulate_in_parallel
     from coserve.workload.generator import WorkloadRequest
 
-    example = Path(__file__).resolve().parent.parent / "examples" / "plan_small.yaml"
-    assert main(["plan", str(example), "-o", str(tmp_path / "placement.yaml")]) == 0
+    plan = {"cluster": {"nodes": 1, "gpus_per_node": 8, "gpu": "A100-80GB"},
+            "workload": {"mean_prompt_len": 256, "mean_output_len": 256}, "slo": {"scale": 8},
+            "models": [{"name": "small", "model": "llama-7b", "rate": 20},
+                       {"name": "huge", "model": "llama-65b", "rate": 1}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["plan", str(tmp_path / "plan.yaml"), "-o", str(tmp_path / "placement.yaml")]) == 0
     placement = load_placement(tmp_path / "placement.yaml")
-    as_placed = placement.model_copy(update={"models": [m.model_copy(update={"min_mesh": None})
-                                                        for m in placement.models]})
-    slos = placement_latency_slos(as_placed, scale=1.0)  # taken on the mesh each model was placed on
-    assert set(slos) == {m.name for m in placement.models}
-    devices = devices_from_placement(placement, "temporal")
-    for name, slo in slos.items():
+    fewest = {m.name: m.min_mesh for m in placement.models}
+    assert fewest["small"] == 1 and fewest["huge"] > 1
+
+    def alone(placement, name: str, prompt: int, output: int) -> float:
+        request = WorkloadRequest(0, name, 0.0, prompt, output)
+        devices = devices_from_placement(placement, "temporal")
+        (record,), _ = simulate_in_parallel(devices, roofline_factory(placement), [request], workers=1)
+        return record.e2e * 1e3
+
+    slos = placement_latency_slos(placement, scale=1.0)
+    as_placed = placement_latency_slos(placement.model_copy(update={
+        "models": [m.model_copy(update={"min_mesh": None}) for m in placement.models]}), scale=1.0)
+    for name in ("small", "huge"):
         for prompt, output in ((16, 8), (512, 64), (1500, 200)):
-            request = WorkloadRequest(0, name, 0.0, prompt, output)
-            (record,), _ = simulate_in_parallel(devices, roofline_factory(placement), [request], workers=1)
-            assert record.e2e * 1e3 == pytest.approx(slo.base_ms(prompt, output), rel=0.05), (name, prompt)
-    on_fewest = placement_latency_slos(placement, scale=1.0)
-    placed_tp = {m.name: m.tensor_parallel for mesh in placement.meshes for m in mesh.models}
-    # a 7B-30B decode step is bandwidth-bound: half the GPUs, about twice the time (a 0.5B model's
-    # is not: on two GPUs its all-reduce outweighs the halved weights)
-    large = ("chat", "code", "big")  # llama3-8b, mistral-7b and llama-30b in plan_small.yaml
-    wider = [m for m in placement.models if m.name in large and m.min_mesh < placed_tp[m.name]]
-    assert wider  # the plan puts some large model on more GPUs than it needs
-    for m in wider:
-        assert on_fewest[m.name].decode_ms > 1.5 * slos[m.name].decode_ms
+            expected = alone(_cut_to(placement, name, fewest[name]), name, prompt, output)
+            assert slos[name].base_ms(prompt, output) == pytest.approx(expected, rel=0.05), (name, prompt)
+            assert as_placed[name].base_ms(prompt, output) == pytest.approx(
+                alone(placement, name, prompt, output), rel=0.05), (name, prompt)
 
 
 class _SlowedBeside:

@@ -59,10 +59,14 @@ def run(args: argparse.Namespace) -> int:
           f"({result['num_requests']} requests, {result['num_devices']} devices); steady throughput "
           f"{result['steady_request_throughput']:.2f} req/s (finished in the last two thirds of the arrivals); "
           f"MuxServe's SLO (end-to-end within {result['latency_slo_scale']:g}x alone) attained by "
-          f"{result['latency_slo_attainment'] or 0:.1%}")
+          f"{_percent(result['latency_slo_attainment'])}")
     if args.output:
         Path(args.output).write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=1))
     return 0
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction:.1%}"
 
 
 def simulate_placement(args: argparse.Namespace) -> dict:

@@ -43,6 +43,8 @@ def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, 
     for summary in placement.models:
         m = placed.get(summary.name)
         if m is None:
+            if summary.replicas:
+                raise ConfigError(f"model {summary.name!r} lists replicas {summary.replicas} but no mesh holds it")
             continue
         spec = model_spec(m.model, m.name)
         degrees = dict(tp=summary.min_mesh, pp=1) if summary.min_mesh else dict(tp=m.tensor_parallel,
