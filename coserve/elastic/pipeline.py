@@ -140,9 +140,9 @@ def dissolve(group: PipelineGroup) -> None:
 def _split_budgets(group: PipelineGroup) -> None:
     """Each of the g micro-batches gets 1/g of its member's step budget (never below max_num_seqs),
     so that prefill chunks spread over all of them (the queue is shared, see share_queue) and the
-    stages stay even: one
-    micro-batch carrying a whole budget of prefill beside decode-only ones held every lane of the
-    pipeline to its pace. Over a round, a lane still runs a full budget of tokens' worth of layers."""
+    stages stay even: one micro-batch carrying a whole budget of prefill beside decode-only ones
+    held every lane of the pipeline to its pace. Over a round, a lane still runs a full budget of
+    tokens' worth of layers."""
     group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
     for member, budget in zip(group.members, group.token_budgets):
         # never below a token per sequence: every running decode keeps its place in each step

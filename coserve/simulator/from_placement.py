@@ -47,8 +47,10 @@ def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, 
                 raise ConfigError(f"model {summary.name!r} lists replicas {summary.replicas} but no mesh holds it")
             continue
         spec = model_spec(m.model, m.name)
-        degrees = dict(tp=summary.min_mesh, pp=1) if summary.min_mesh else dict(tp=m.tensor_parallel,
-                                                                                 pp=m.pipeline_parallel)
+        if summary.min_mesh:
+            degrees = dict(tp=summary.min_mesh, pp=1)
+        else:
+            degrees = dict(tp=m.tensor_parallel, pp=m.pipeline_parallel)
         prefill = tuple((n, 1e3 * prefill_seconds(spec, m.dtype, hw, n, (n - 1) / 2, **degrees)) for n in PROBE_PROMPTS)
         decode = 1e3 * decode_seconds(spec, m.dtype, hw, 1, DECODE_CONTEXT, **degrees)
         slos[summary.name] = LatencySLO(prefill, decode, scale)
