@@ -13,6 +13,7 @@ import pytest
 
 from coserve.elastic import ElasticCluster, ElasticConfig
 from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
+from coserve.elastic.replica import param_bytes
 from coserve.engine.config import EngineConfig
 from coserve.engine.llm_engine import LLMEngine
 from coserve.errors import ConfigError, ContextLengthError, UnknownModelError
@@ -34,12 +35,13 @@ def _reference(config: EngineConfig, prompts: list[list[int]]) -> tuple[dict[str
     return outputs, engine.weight_bytes
 
 
-def _drain(engine, outputs=None) -> dict[str, list[int]]:
+def _drain(engine, outputs=None, on_step=lambda: None) -> dict[str, list[int]]:
     outputs = {} if outputs is None else outputs
     while engine.has_unfinished_requests():
         for output in engine.step():
             if output.finished:
                 outputs[output.request_id] = output.outputs[0].token_ids
+        on_step()
     return outputs
 
 
@@ -47,7 +49,7 @@ def _budget(weight_bytes: int, config: EngineConfig, num_layers: int, kv_size: i
     return weight_bytes + pages * num_layers * 2 * config.block_size * kv_size * 4
 
 
-def _burst(cluster: ElasticCluster, prompts: list[list[int]]) -> dict[str, list[int]]:
+def _burst(cluster: ElasticCluster, prompts: list[list[int]], on_step=lambda: None) -> dict[str, list[int]]:
     """A few requests start decoding (their KV exists when the burst hits), then the rest arrive."""
     for i in range(2):
         cluster.add_request(prompts[i], GREEDY, str(i))
@@ -58,7 +60,7 @@ def _burst(cluster: ElasticCluster, prompts: list[list[int]]) -> dict[str, list[
                 outputs[output.request_id] = output.outputs[0].token_ids
     for i in range(2, len(prompts)):
         cluster.add_request(prompts[i], GREEDY, str(i))
-    _drain(cluster, outputs)
+    _drain(cluster, outputs, on_step)
     cluster.step()  # an idle round: a group restores once its demand has fallen
     return outputs
 
@@ -66,6 +68,7 @@ def _burst(cluster: ElasticCluster, prompts: list[list[int]]) -> dict[str, list[
 def _assert_all_back(cluster: ElasticCluster, checksums: list[str]) -> None:
     assert not cluster.groups
     assert [r.weights_checksum() for r in cluster.replicas] == checksums
+    assert all(r.is_whole() for r in cluster.replicas)
     assert all(r.held_layers() == list(range(r.spec.num_layers)) for r in cluster.replicas)
     assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
 
@@ -83,6 +86,27 @@ def test_drop_exchange_and_restore_keep_outputs_and_give_everything_back():
         assert len(members) == 2 and exchanged > 0  # requests were mid-decode: their KV was exchanged
         assert len(cluster.events.restores) == 1
         _assert_all_back(cluster, checksums)
+
+
+def test_group_members_hold_only_what_their_stages_use_and_the_budget_counts_real_bytes(tiny):
+    """llama-tiny's head is untied: the first stage keeps the embedding, the last the head. While
+    grouped, what each member's budget counts as held is what its model really holds."""
+    config, prompts, want, budget = tiny
+    seen = []
+
+    def check(cluster: ElasticCluster) -> None:
+        for group in {id(g): g for g in cluster.groups.values()}.values():
+            seen.append([m.held_parts() for m in group.members])
+            for member, start, end in group.stages:
+                assert member.held_parts() == member.spec.end_parts(start, end)
+                assert member.held_layers() == list(range(start, end))
+                assert member.weight_bytes_held() == param_bytes(member.model)
+
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        assert _burst(cluster, prompts, lambda: check(cluster)) == want
+        _assert_all_back(cluster, checksums)
+    assert [{"embedding"}, {"head"}] in seen
 
 
 @pytest.mark.parametrize("strategy", ["recompute", "swap", "migrate", "drop"])

@@ -147,6 +147,7 @@ def _assert_survivor_serves(cluster: ElasticCluster, survivor, checksum: str, ou
         else:
             assert any(word in output.error for word in ("died", "dead", "down"))
     assert survivor.held_layers() == list(range(4)) and survivor.weights_checksum() == checksum
+    assert survivor.is_whole()  # the driver's record of its end parts agrees with the worker
     assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
     cluster.add_request(prompts[0], GREEDY, "after")
     assert _finish(cluster, {})["after"].outputs[0].token_ids == want["0"]

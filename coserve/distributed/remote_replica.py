@@ -53,6 +53,12 @@ class LayerOnPeer:
 
 
 @dataclass(frozen=True)
+class PartOnPeer:
+    holder: RemoteReplica
+    name: str
+
+
+@dataclass(frozen=True)
 class HostKVRef:
     """KV swapped out to the worker's host memory under `key`."""
 
@@ -115,6 +121,8 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         self.weight_bytes = describe["weight_bytes"]
         self.layer_bytes = describe["layer_bytes"]
         self.page_bytes_per_layer = describe["page_bytes_per_layer"]
+        self.part_bytes = dict(describe["part_bytes"])
+        self._parts = set(self.part_bytes)
         self.alive = True
         self._pending = None  # the running stage: (object ref, ends the model, seq)
         self._init_memory(self.weight_bytes)
@@ -206,6 +214,23 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         self.kv_cache.add_layer(index)
         return moved
 
+    def held_parts(self) -> set[str]:
+        return set(self._parts)
+
+    def drop_part(self, name: str) -> None:
+        self.call("drop_part", name)
+        self._parts.discard(name)
+
+    def part(self, name: str) -> PartOnPeer:
+        return PartOnPeer(self, name)
+
+    def restore_part(self, name: str, source: PartOnPeer) -> int:
+        src = source.holder
+        moved = transfer(src, self, [src.handle.send_part.remote(name, self.rank),
+                                     self.handle.recv_part.remote(name, src.rank)])[1]
+        self._parts.add(name)
+        return moved
+
     def responds(self) -> bool:
         try:
             self.call("held_layers")
@@ -218,6 +243,7 @@ class RemoteReplica(ReplicaMemory, EngineCore):
         worker's answer, not this record, says what it holds: a copy can land after its sender died."""
         for index in self.call("reload_layers"):
             self.kv_cache.add_layer(index)
+        self._parts = set(self.call("held_parts"))
 
     def weights_checksum(self) -> str:
         return self.call("weights_checksum")

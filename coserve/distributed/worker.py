@@ -58,9 +58,10 @@ class ReplicaWorker:
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def describe(self) -> dict[str, int]:
+    def describe(self) -> dict:
         return {"weight_bytes": param_bytes(self.model), "layer_bytes": param_bytes(self.model.layers[0]),
-                "page_bytes_per_layer": layer_page_bytes(self.spec, self.config.block_size, self.dtype)}
+                "page_bytes_per_layer": layer_page_bytes(self.spec, self.config.block_size, self.dtype),
+                "part_bytes": {part: param_bytes(self.model.part(part)) for part in self.model.held_parts()}}
 
     def rendezvous_address(self, host: str) -> str:
         """A free TCP port at `host` (this worker's address) for the group's rendezvous (it is rank 0)."""
@@ -144,10 +145,27 @@ class ReplicaWorker:
         self._take_layer(index, layer)
         return param_bytes(layer)
 
+    def drop_part(self, name: str) -> None:
+        self.model.set_part(name, None)
+
+    def send_part(self, name: str, dst: int) -> None:
+        for tensor in self.model.part(name).state_dict().values():
+            dist.send(tensor.contiguous(), dst, tag=WEIGHTS_TAG)
+
+    def recv_part(self, name: str, src: int) -> int:
+        module = self.model.new_part(name).to(self.dtype)
+        for tensor in module.state_dict().values():
+            dist.recv(tensor, src, tag=WEIGHTS_TAG)
+        self.model.set_part(name, module)
+        return param_bytes(module)
+
+    def held_parts(self) -> list[str]:
+        return sorted(self.model.held_parts())
+
     def reload_layers(self) -> list[int]:
-        """Load every missing layer from the checkpoint (a peer holding it is gone); returns the layers
-        held now, so that a driver whose record missed a copy that landed here (its sender died after
-        sending) learns of it."""
+        """Load every missing layer and end part from the checkpoint (a peer holding it is gone);
+        returns the layers held now, so that a driver whose record missed a copy that landed here (its
+        sender died after sending) learns of it."""
         with self._lock:  # outputs of stages whose next member is gone: nobody will ask for them
             self._outbox.clear()
         missing = sorted(set(range(self.spec.num_layers)) - set(self.model.held_layers()))
@@ -156,7 +174,17 @@ class ReplicaWorker:
             loaded = load_model(self.config.model, self.dtype, self.config.seed, (index, index + 1), tokenizer=False)
             part.load_hf_state_dict(loaded.state_dict)
             self._take_layer(index, part.layers[0])
+        for name in sorted(self.spec.end_parts(0, self.spec.num_layers) - self.model.held_parts()):
+            self._reload_part(name)
         return self.model.held_layers()
+
+    def _reload_part(self, name: str) -> None:
+        last = self.spec.num_layers
+        start, end = (0, 1) if name == "embedding" else (last - 1, last)
+        part = LlamaModel(self.spec, start, end).to(self.dtype)
+        loaded = load_model(self.config.model, self.dtype, self.config.seed, (start, end), tokenizer=False)
+        part.load_hf_state_dict(loaded.state_dict)
+        self.model.set_part(name, part.part(name))
 
     def _take_layer(self, index: int, layer: LlamaLayer) -> None:
         self.kv_cache.add_layer(index)

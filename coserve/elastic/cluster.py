@@ -22,6 +22,7 @@ from coserve.elastic.backend import ProcessBackend
 from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
 from coserve.elastic.replica import Replica
 from coserve.elastic.router import freeness, pick_replica, queued_pages
+from coserve.elastic.stage_plan import max_pages, plan_ranges
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
 from coserve.engine.outputs import CompletionOutput, RequestOutput
@@ -396,7 +397,9 @@ class ElasticCluster:
         self.transition = None
         try:
             if kind == "drop":
-                group, moved = pipeline.drop(members, self.config.peer_bytes_per_s)
+                demand = sum(self._demand_pages(m) for m in members)
+                ranges = plan_ranges(pipeline.stage_costs(members[0]), len(members), demand)
+                group, moved = pipeline.drop(members, self.config.peer_bytes_per_s, ranges)
             else:
                 moved = pipeline.restore(group, self.config.peer_bytes_per_s)
         except LaneError as exc:
@@ -421,7 +424,7 @@ class ElasticCluster:
         if not dead:
             raise exc  # not a death: nothing here knows how to undo it
         for member in members:
-            if member.alive and member.index not in self.groups and len(member.held_layers()) < member.spec.num_layers:
+            if member.alive and member.index not in self.groups and not member.is_whole():
                 member.reload_layers()
         for member in dead:
             self._orphans += self._lose(member, exc)
@@ -465,10 +468,7 @@ class ElasticCluster:
         return replica.kv.num_held_blocks + queued_pages(replica)
 
     def _group_capacity(self, size: int) -> int:
-        replica = self.replicas[0]
-        kept = max(1, replica.spec.num_layers // size)
-        weights = replica.weight_bytes_held() - (replica.spec.num_layers - kept) * replica.layer_bytes
-        return replica.pages_for(kept, weights)
+        return max_pages(pipeline.stage_costs(self.replicas[0]), size)
 
     def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
         members = group.members

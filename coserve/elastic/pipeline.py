@@ -1,11 +1,13 @@
 """Parameter drop and restore for a group of replicas (KunServe's cooperative execution).
 
-Drop: every member keeps a contiguous layer range, the members' requests' KV for the layers a member
-no longer holds is exchanged to the member that does (same page ids, see layer_kv.py), the other
-layers' weights and KV arrays are released, and the members' pages move to one group owner whose
-limit is what the freed bytes now hold. From then on every batch of any member runs through all
-members in layer order. Restore reverses it: each member pulls the layers it lacks from the peer
-holding them, regathers its requests' KV for those layers, and takes its pages back.
+Drop: every member keeps a contiguous layer range (stage_plan.py picks them), the members' requests'
+KV for the layers a member no longer holds is exchanged to the member that does (same page ids, see
+layer_kv.py), the other layers' weights and KV arrays are released, and so are the end parts its
+stage never uses (the embedding but on the first stage, an untied head but on the last). The members'
+pages move to one group owner whose limit is what the freed bytes now hold. From then on every batch
+of any member runs through all members in layer order. Restore reverses it: each member pulls the
+layers and parts it lacks from the peer holding them, regathers its requests' KV for those layers,
+and takes its pages back.
 
 Both run while the members' lanes are idle: the exchange is a stop-the-world copy (KunServe's
 `reshard` mode), not the paper's live exchange overlapped with execution.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from coserve.elastic.kv_moves import move_waiting
 from coserve.elastic.replica import Replica
+from coserve.elastic.stage_plan import StageCosts
 
 
 @dataclass
@@ -82,9 +85,15 @@ def request_pages(member: Replica) -> list[int]:
     return [page for table in member.kv.block_tables.values() for page in table]
 
 
-def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup, int]:
-    """Form a pipeline group; returns it and the KV bytes exchanged."""
-    ranges = layer_split(members[0].spec.num_layers, len(members))
+def stage_costs(replica: Replica) -> StageCosts:
+    return StageCosts(replica.spec, replica.budget, replica.layer_bytes, replica.page_bytes_per_layer,
+                      replica.part_bytes)
+
+
+def drop(members: list[Replica], link_bytes_per_s: float, ranges: list[tuple[int, int]] | None = None
+         ) -> tuple[PipelineGroup, int]:
+    """Form a pipeline group over `ranges` (default: even); returns it and the KV bytes exchanged."""
+    ranges = ranges or layer_split(members[0].spec.num_layers, len(members))
     group = PipelineGroup("+".join(m.name for m in members), members, ranges)
     exchanged = 0
     for member in members:
@@ -98,6 +107,8 @@ def drop(members: list[Replica], link_bytes_per_s: float) -> tuple[PipelineGroup
         for layer in member.held_layers():
             if not start <= layer < end:
                 member.drop_layer(layer)
+        for part in sorted(member.held_parts() - member.spec.end_parts(start, end)):
+            member.drop_part(part)
     # bookkeeping last: if a member dies above, the members are still alone and own their pages
     for member in members:
         _reown(member, member.name, group.owner)
@@ -122,6 +133,11 @@ def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
             source = group.holder(layer)
             moved = member.restore_layer(layer, source.layer(layer))
             moved += source.kv_cache.copy_to(member.kv_cache, [layer], pages)
+            member.stall_s += moved / link_bytes_per_s
+            pulled += moved
+        for part in sorted(set(member.part_bytes) - member.held_parts()):
+            source = next(m for m, start, end in group.stages if part in m.spec.end_parts(start, end))
+            moved = member.restore_part(part, source.part(part))
             member.stall_s += moved / link_bytes_per_s
             pulled += moved
     dissolve(group)

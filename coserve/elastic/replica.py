@@ -6,8 +6,9 @@ weights it holds plus, for every page it stores, one page per KV layer it holds;
 raises how many pages fit, and the pool limit that enforces it moves at once.
 
 `ElasticCluster` sees a replica through the methods of `ReplicaMemory` plus `prepare`, `run_stage`,
-`stage_result`, `sample`, `hand_over` and `recover`; the simulator's `SimReplica` answers the same
-ones on a virtual clock, so every strategy runs unchanged in both.
+`stage_result`, `sample`, `hand_over`, `recover` and the layer and part methods below; the
+simulator's `SimReplica` answers the same ones on a virtual clock, so every strategy runs unchanged
+in both.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError
-from coserve.execution.lane import Job, Lane, LaneError, SetLayer
+from coserve.execution.lane import Job, Lane, LaneError, SetLayer, SetPart
 from coserve.execution.model_runner import StepInputs
 from coserve.execution.models.llama import LlamaLayer
 from coserve.execution.models.spec import ModelSpec
@@ -62,6 +63,7 @@ class ReplicaMemory:
     alive = True  # False once the replica is gone for good (a remote worker that died)
     weight_bytes: int  # the whole model's weights
     layer_bytes: int  # one decoder layer's weights
+    part_bytes: dict[str, int]  # each end part's weights (see ModelSpec.end_parts)
     page_bytes_per_layer: int
 
     def _init_memory(self, weight_bytes: int) -> None:
@@ -77,8 +79,14 @@ class ReplicaMemory:
         return self.config.name
 
     def weight_bytes_held(self) -> int:
-        """Its whole model's weights (`weight_bytes`) less the decoder layers it dropped."""
-        return self.weight_bytes - (self.spec.num_layers - len(self.held_layers())) * self.layer_bytes
+        """Its whole model's weights (`weight_bytes`) less the decoder layers and end parts it dropped."""
+        dropped_layers = self.spec.num_layers - len(self.held_layers())
+        dropped_parts = sum(size for part, size in self.part_bytes.items() if part not in self.held_parts())
+        return self.weight_bytes - dropped_layers * self.layer_bytes - dropped_parts
+
+    def is_whole(self) -> bool:
+        """Whether it holds every layer and end part, as it did before any drop."""
+        return len(self.held_layers()) == self.spec.num_layers and self.held_parts() == set(self.part_bytes)
 
     def responds(self) -> bool:
         """Whether the replica can still serve (a lane that died is replaced; a remote worker is not)."""
@@ -107,6 +115,7 @@ class Replica(ReplicaMemory, LLMEngine):
         self._pool_for = pool_for
         super().__init__(config, clock)
         self.layer_bytes = param_bytes(self.model.layers[0])
+        self.part_bytes = {part: param_bytes(self.model.part(part)) for part in self.model.held_parts()}
         self.page_bytes_per_layer = layer_page_bytes(self.spec, self.kv.block_size, self.dtype)
         self._init_memory(self.weight_bytes)
         self.model.share_memory()  # the lane reads these weights; it does not copy them
@@ -181,6 +190,25 @@ class Replica(ReplicaMemory, LLMEngine):
 
     def layer(self, index: int) -> LlamaLayer:
         return self.model.layers[index - self.model.start]
+
+    def held_parts(self) -> set[str]:
+        return self.model.held_parts()
+
+    def drop_part(self, name: str) -> None:
+        """Free an end part's weights here and on the lane (the lane must be idle)."""
+        self.lane.set_layer(SetPart(self.name, name, None))
+        self.model.set_part(name, None)
+
+    def restore_part(self, name: str, source: torch.nn.Module) -> int:
+        """Take an end part back from a copy of `source` (a peer's); returns bytes pulled."""
+        module = copy.deepcopy(source)
+        module.share_memory()
+        self.model.set_part(name, module)
+        self.lane.set_layer(SetPart(self.name, name, module))
+        return param_bytes(module)
+
+    def part(self, name: str) -> torch.nn.Module:
+        return self.model.part(name)
 
     def weights_checksum(self) -> str:
         return weights_checksum(self.model)

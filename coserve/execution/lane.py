@@ -79,6 +79,15 @@ class SetLayer:
     kv: tuple[torch.Tensor, torch.Tensor] | None
 
 
+@dataclass
+class SetPart:
+    """Replace an end part ("embedding" or "head") of `model` on the lane, or drop it (None)."""
+
+    model: str
+    name: str
+    module: torch.nn.Module | None
+
+
 def run_job(job: Job, models: dict, attention) -> np.ndarray | None:
     """Run a job on the models it names: a stage's hidden states, the sampled rows' logits, or None."""
     if job.stall_s > 0:
@@ -113,6 +122,9 @@ def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]],
             if isinstance(message, SetLayer):
                 _set_layer(message, models)
                 conn.send(("ok", None))
+            elif isinstance(message, SetPart):
+                models[message.model][0].set_part(message.name, message.module)
+                conn.send(("ok", None))
             else:
                 conn.send(("ok", run_job(message, models, attention)))
         except Exception as exc:  # report, keep the lane alive for the next job
@@ -146,8 +158,8 @@ class Lane:
         self.inputs = inputs
         self._conn.send(job)
 
-    def set_layer(self, message: SetLayer) -> None:
-        """Apply a layer change on an idle lane and wait until it has."""
+    def set_layer(self, message: SetLayer | SetPart) -> None:
+        """Apply a change of weights (a layer or an end part) on an idle lane and wait until it has."""
         self._conn.send(message)
         self.result()
 

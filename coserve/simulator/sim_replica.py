@@ -71,6 +71,9 @@ class SimReplica(ReplicaMemory, EngineCore):
         self.layer_bytes = spec.layer_params() * DTYPE_BYTES[self.dtype]
         self.page_bytes_per_layer = self.kv_cache.page_bytes
         self.weight_bytes = spec.param_bytes(self.dtype)
+        self.part_bytes = {part: spec.part_params(part) * DTYPE_BYTES[self.dtype]
+                           for part in spec.end_parts(0, spec.num_layers)}
+        self._parts = set(self.part_bytes)
         self._init_memory(self.weight_bytes)
 
     # -- memory and layers -----------------------------------------------------------------------
@@ -87,6 +90,19 @@ class SimReplica(ReplicaMemory, EngineCore):
 
     def layer(self, index: int) -> int:
         return index
+
+    def held_parts(self) -> set[str]:
+        return set(self._parts)
+
+    def drop_part(self, name: str) -> None:
+        self._parts.discard(name)
+
+    def restore_part(self, name: str, source: str) -> int:
+        self._parts.add(name)
+        return self.part_bytes[name]
+
+    def part(self, name: str) -> str:
+        return name
 
     # -- execution -------------------------------------------------------------------------------
 

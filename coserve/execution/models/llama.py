@@ -17,6 +17,8 @@ from coserve.execution.cpu_kernels import linear
 from coserve.execution.models.rotary import RotaryEmbedding, apply_rotary
 from coserve.execution.models.spec import ModelSpec
 
+PART_ATTRS = {"embedding": "embed_tokens", "head": "lm_head"}
+
 
 class LlamaLayer(nn.Module):
     def __init__(self, spec: ModelSpec):
@@ -106,6 +108,27 @@ class LlamaModel(nn.Module):
 
     def held_layers(self) -> list[int]:
         return [self.start + i for i, layer in enumerate(self.layers) if isinstance(layer, LlamaLayer)]
+
+    # -- end parts (see ModelSpec.end_parts): a pipeline member frees the ones its stage never uses
+
+    def held_parts(self) -> set[str]:
+        return {part for part, attr in PART_ATTRS.items() if getattr(self, attr, None) is not None}
+
+    def part(self, name: str) -> nn.Module:
+        module = getattr(self, PART_ATTRS[name], None)
+        if module is None:
+            raise RuntimeError(f"this model does not hold its {name}")
+        return module
+
+    def set_part(self, name: str, module: nn.Module | None) -> None:
+        setattr(self, PART_ATTRS[name], module)
+
+    def new_part(self, name: str) -> nn.Module:
+        """An empty module of the part's shape, to receive its weights into."""
+        spec = self.spec
+        module = (nn.Embedding(spec.vocab_size, spec.hidden_size) if name == "embedding"
+                  else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False))
+        return module.requires_grad_(False)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = F.rms_norm(hidden, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)

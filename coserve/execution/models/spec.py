@@ -164,6 +164,23 @@ class ModelSpec:
         """Final norm plus the LM head (zero extra when tied to the embedding)."""
         return self.hidden_size + (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size)
 
+    def end_parts(self, start: int, end: int) -> set[str]:
+        """The weights outside the decoder layers that a stage over [start, end) uses: the embedding
+        to begin the model and the LM head to end it; a tied head is the embedding itself. (The final
+        norm is not a part: every stage keeps its few bytes.)"""
+        parts = set()
+        if start == 0 or (end == self.num_layers and self.tie_word_embeddings):
+            parts.add("embedding")
+        if end == self.num_layers and not self.tie_word_embeddings:
+            parts.add("head")
+        return parts
+
+    def part_params(self, part: str) -> int:
+        """The embedding and an untied head are both vocab x hidden."""
+        if part not in ("embedding", "head") or (part == "head" and self.tie_word_embeddings):
+            raise ValueError(f"{part!r} is not a part of this model")
+        return self.vocab_size * self.hidden_size
+
     def num_params(self, start: int = 0, end: int | None = None) -> int:
         """Parameters held by a stage running layers [start, end)."""
         end = self.num_layers if end is None else end
