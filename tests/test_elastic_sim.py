@@ -64,6 +64,9 @@ def test_every_strategy_serves_the_burst_and_gives_every_page_and_layer_back(str
         assert events.swaps_out > 0 and events.swaps_in == events.swaps_out
     if strategy == "migrate":
         assert events.migrations > 0
+    if strategy == "auto":
+        print(f"auto: {len(events.drops)} drops, {events.swaps_out} swaps, {events.spare_moves} queue moves")
+        assert events.drops and len(events.restores) == len(events.drops)
 
 
 def _check_queue_demand(cluster: ElasticCluster) -> None:
@@ -190,3 +193,49 @@ def test_an_abort_while_the_batch_is_in_flight_waits_for_the_batch():
     finished = [o.request_id for o in outputs if o.finished]
     assert finished == ["kept"]
     assert replica.kv.pool.num_free_blocks == replica.kv.pool.num_blocks
+
+
+def test_auto_moves_a_page_short_queue_to_the_replica_with_pages_to_spare():
+    """Requests queued on a replica out of pages go, oldest first, to the other replica while its
+    spare pages (free pages less its own queue's) hold them; the rest stay."""
+    cluster, backend = _cluster("auto", replicas=2)
+    full, spare = cluster.replicas
+    params = SamplingParams(temperature=0, max_tokens=300, ignore_eos=True)
+    full.kv.pool.set_limit(full.name, 64)  # two 500-token prompts (32 pages each)
+    spare.kv.pool.set_limit(spare.name, 200)
+    for i in range(10):
+        full.add_request([0] * 500, params, f"r{i}", prompt_token_ids=[0] * 500)
+    spare.add_request([0] * 500, params, "own", prompt_token_ids=[0] * 500)
+    out = full.begin_step()  # admits two, the third is refused pages
+    assert full.scheduler.short_of_pages and [r.request_id for r in full.scheduler.waiting] == \
+        [f"r{i}" for i in range(2, 10)]
+    cluster._manage(0.0)
+    # 200 pages less the 32 its own request needs hold five more
+    assert [r.request_id for r in spare.scheduler.waiting] == ["own", "r2", "r3", "r4", "r5", "r6"]
+    assert [r.request_id for r in full.scheduler.waiting] == ["r7", "r8", "r9"]
+    assert cluster.events.spare_moves == 5
+    full.finish_step(out, {})
+
+
+def test_auto_swaps_a_victim_only_when_moving_its_kv_out_and_back_beats_recomputing_it():
+    """The rule, worked by hand: a victim with 1000 computed tokens in 63 pages of 32 layers
+    (63 x 32 x 256 KiB = 528 MB) at a timed prefill of 1 ms per token. Recomputing takes 1 s;
+    swapping out and back takes 2 x 528 MB / bandwidth, under 1 s above 1.06 GB/s."""
+    from types import SimpleNamespace
+
+    from coserve.elastic.memory_source import PrefillSpeed, swap_beats_recompute
+    from coserve.engine.scheduler import ScheduledRequest, SchedulerOutput
+
+    replica = SimpleNamespace(kv=SimpleNamespace(block_tables={"v": list(range(63))}), page_bytes_per_layer=PAGE,
+                              held_layers=lambda: list(range(32)))
+    victim = SimpleNamespace(request_id="v", num_computed_tokens=1000)
+    speed = PrefillSpeed()
+    assert not swap_beats_recompute(replica, victim, speed, 1e12)  # nothing timed yet: recompute
+    prefill = SimpleNamespace(num_computed_tokens=0, num_tokens=400)
+    decodes = [ScheduledRequest(SimpleNamespace(), 1) for _ in range(300)]
+    speed.record(SchedulerOutput([ScheduledRequest(prefill, 400), *decodes[:100]]), 0.5)  # 400 of 500: prefill
+    speed.record(SchedulerOutput([ScheduledRequest(prefill, 200), *decodes]), 5.0)  # mostly decode: ignored
+    assert speed.seconds_for(1000) == 1.0
+    swap_bytes = 2 * 63 * 32 * PAGE
+    assert swap_beats_recompute(replica, victim, speed, swap_bytes / 0.9)
+    assert not swap_beats_recompute(replica, victim, speed, swap_bytes / 1.1)

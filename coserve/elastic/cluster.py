@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from coserve.elastic import kv_moves, pipeline
+from coserve.elastic import kv_moves, memory_source, pipeline
 from coserve.elastic.backend import ProcessBackend
 from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
 from coserve.elastic.replica import Replica
@@ -34,7 +34,7 @@ from coserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("recompute", "swap", "migrate", "drop")
+STRATEGIES = ("recompute", "swap", "migrate", "drop", "auto")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Flight:
     out: SchedulerOutput
     batch: Any  # what the engine prepared from `out` (see Replica.prepare)
     stages: list[tuple[Replica, int, int]]
+    started: float = 0.0
     stage: int = 0
     hidden: Any = None  # the previous stage's output
 
@@ -84,6 +85,7 @@ class Events:
     swaps_in: int = 0
     migrations: int = 0
     queue_moves: int = 0  # queued requests a group member took from a partner's queue
+    spare_moves: int = 0  # queued requests `auto` moved to a replica with pages to spare
 
 
 class ElasticCluster:
@@ -119,7 +121,9 @@ class ElasticCluster:
         self._request_ids: set[str] = set()  # of the requests not finished yet
         self._next_id = itertools.count()
         self._deferred_aborts: set[str] = set()
-        if config.strategy == "swap":
+        self._capacity_by_size: dict[int, int] = {}
+        self.prefill_speed = {r.index: memory_source.PrefillSpeed() for r in self.replicas}
+        if config.strategy in ("swap", "auto"):
             for replica in self.replicas:
                 replica.scheduler.preempt_hook = self._swap_hook(replica)
 
@@ -239,7 +243,7 @@ class ElasticCluster:
         if not out.scheduled:
             return engine.finish_step(out, {})
         self.batch_in_flight.add(engine.index)
-        self._submit(Flight(engine, out, engine.prepare(out), stages))
+        self._submit(Flight(engine, out, engine.prepare(out), stages, self.clock()))
         return []
 
     def _submit(self, flight: Flight) -> None:
@@ -266,6 +270,7 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
+                self.prefill_speed[flight.engine.index].record(flight.out, self.clock() - flight.started)
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
         if self._deferred_aborts:
             self._apply_aborts()
@@ -336,9 +341,16 @@ class ElasticCluster:
             self._migrate(now)
         elif strategy == "drop":
             self._drop_or_restore(now)
+        elif strategy == "auto":
+            self._swap_in()
+            alone = [r for r in self.live_replicas() if r.index not in self.groups]
+            self.events.spare_moves += memory_source.move_queued_to_spare(alone, self._deferred_aborts)
+            self._drop_or_restore(now)
 
     def _swap_hook(self, replica: Replica):
         def hook(victim) -> bool:
+            if self.config.strategy == "auto" and not self._swap_is_cheaper(replica, victim):
+                return False
             swapped = kv_moves.swap_out(replica, victim, self.config.host_bytes_per_s)
             if swapped is None:
                 return False
@@ -346,6 +358,11 @@ class ElasticCluster:
             self.events.swaps_out += 1
             return True
         return hook
+
+    def _swap_is_cheaper(self, replica: Replica, victim) -> bool:
+        """A grouped member holds only its layers' share of the victim's KV: it recomputes."""
+        return replica.index not in self.groups and memory_source.swap_beats_recompute(
+            replica, victim, self.prefill_speed[replica.index], self.config.host_bytes_per_s)
 
     def _swap_in(self) -> None:
         for replica in self.replicas:
@@ -454,7 +471,8 @@ class ElasticCluster:
         for group in {id(g): g for g in self.groups.values()}.values():
             if self._should_restore(group):
                 return "restore", group.members, group
-        alone = [r for r in self.live_replicas() if r.index not in self.groups]
+        # a replica with KV on the host stays alone: the swapped KV spans every layer
+        alone = [r for r in self.live_replicas() if r.index not in self.groups and not self.swapped[r.index]]
         # KunServe's trigger (demand above capacity with a queue) also fires when the queue is for
         # compute, which freed pages cannot shorten: only a replica that is short of pages counts
         if len(alone) < 2 or not any(r.scheduler.waiting and r.scheduler.short_of_pages for r in alone):
@@ -468,7 +486,10 @@ class ElasticCluster:
         return replica.kv.num_held_blocks + queued_pages(replica)
 
     def _group_capacity(self, size: int) -> int:
-        return max_pages(pipeline.stage_costs(self.replicas[0]), size)
+        """Fixed by the replicas' shape and budget: worked out once per size (the planner asks often)."""
+        if size not in self._capacity_by_size:
+            self._capacity_by_size[size] = max_pages(pipeline.stage_costs(self.replicas[0]), size)
+        return self._capacity_by_size[size]
 
     def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
         members = group.members

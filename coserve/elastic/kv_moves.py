@@ -60,6 +60,12 @@ def move_request(src: Replica, dst: Replica, request: Request) -> None:
     src.hand_over(rid, dst)
 
 
+def holds_no_pages(holder: Replica, request: Request, pending_aborts: set[str]) -> bool:
+    """Queued with no pages: new, or preempted for recompute (a swapped-out one is not queued), and
+    not waiting for its abort. A request refused pages keeps an empty block table."""
+    return not holder.kv.block_tables.get(request.request_id) and request.request_id not in pending_aborts
+
+
 def move_waiting(src: Replica, dst: Replica, request: Request) -> None:
     """Hand a queued request that holds no pages to another replica's queue (its arrival time, and so
     its TTFT, stay as they were)."""

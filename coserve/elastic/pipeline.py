@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from coserve.elastic.kv_moves import move_waiting
+from coserve.elastic.kv_moves import holds_no_pages, move_waiting
 from coserve.elastic.replica import Replica
 from coserve.elastic.stage_plan import StageCosts
 
@@ -61,19 +61,13 @@ def share_queue(group: PipelineGroup, member: Replica, pending_aborts: set[str] 
         for request in donor.scheduler.waiting:
             if queued >= budget:
                 break
-            if _movable(donor, request, pending_aborts):
+            if holds_no_pages(donor, request, pending_aborts):
                 taken.append(request)
                 queued += request.num_tokens
         for request in taken:
             move_waiting(donor, member, request)
         moved += len(taken)
     return moved
-
-
-def _movable(holder: Replica, request, pending_aborts) -> bool:
-    """Queued with no pages: new, or preempted for recompute (a swapped-out one is not queued). A
-    request refused pages keeps an empty block table."""
-    return not holder.kv.block_tables.get(request.request_id) and request.request_id not in pending_aborts
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:
