@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import os
 import signal
+import time
 
 import pytest
 
@@ -61,8 +62,17 @@ def _burst(cluster: ElasticCluster, prompts: list[list[int]], on_step=lambda: No
     for i in range(2, len(prompts)):
         cluster.add_request(prompts[i], GREEDY, str(i))
     _drain(cluster, outputs, on_step)
-    cluster.step()  # an idle round: a group restores once its demand has fallen
+    idle_until_restored(cluster)
     return outputs
+
+
+def idle_until_restored(cluster: ElasticCluster, seconds: float = 30.0) -> None:
+    """Idle rounds until no group is left: a group restores once its demand has fallen and its
+    weights have crossed the (fast, by default) peer link."""
+    deadline = time.monotonic() + seconds
+    cluster.step()
+    while cluster.groups and time.monotonic() < deadline:
+        cluster.step()
 
 
 def _assert_all_back(cluster: ElasticCluster, checksums: list[str]) -> None:
@@ -80,8 +90,11 @@ def test_drop_exchange_and_restore_keep_outputs_and_give_everything_back():
     budget = _budget(weight_bytes, config, 30, 192, pages=8)
     with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
         checksums = [r.weights_checksum() for r in cluster.replicas]
-        got = _burst(cluster, prompts)
+        seen: list = []
+        got = _burst(cluster, prompts, lambda: _check_stages(cluster, seen))
         assert got == want
+        # SmolLM2's head is its embedding: the first member keeps it to embed, the last to end
+        assert seen and all(parts == [{"embedding"}, {"embedding"}] for parts in seen)
         (_, members, exchanged), = cluster.events.drops
         assert len(members) == 2 and exchanged > 0  # requests were mid-decode: their KV was exchanged
         assert len(cluster.events.restores) == 1
@@ -92,21 +105,23 @@ def test_group_members_hold_only_what_their_stages_use_and_the_budget_counts_rea
     """llama-tiny's head is untied: the first stage keeps the embedding, the last the head. While
     grouped, what each member's budget counts as held is what its model really holds."""
     config, prompts, want, budget = tiny
-    seen = []
-
-    def check(cluster: ElasticCluster) -> None:
-        for group in {id(g): g for g in cluster.groups.values()}.values():
-            seen.append([m.held_parts() for m in group.members])
-            for member, start, end in group.stages:
-                assert member.held_parts() == member.spec.end_parts(start, end)
-                assert member.held_layers() == list(range(start, end))
-                assert member.weight_bytes_held() == param_bytes(member.model)
-
+    seen: list = []
     with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
         checksums = [r.weights_checksum() for r in cluster.replicas]
-        assert _burst(cluster, prompts, lambda: check(cluster)) == want
+        assert _burst(cluster, prompts, lambda: _check_stages(cluster, seen)) == want
         _assert_all_back(cluster, checksums)
     assert [{"embedding"}, {"head"}] in seen
+
+
+def _check_stages(cluster: ElasticCluster, seen: list) -> None:
+    """Every grouped member holds its stage's layers and end parts, no more, and the bytes its
+    budget counts as held are the bytes its model holds. Records each group's parts in `seen`."""
+    for group in {id(g): g for g in cluster.groups.values()}.values():
+        seen.append([m.held_parts() for m in group.members])
+        for member, start, end in group.stages:
+            assert member.held_parts() == member.spec.end_parts(start, end)
+            assert member.held_layers() == list(range(start, end))
+            assert member.weight_bytes_held() == param_bytes(member.model)
 
 
 @pytest.mark.parametrize("strategy", ["recompute", "swap", "migrate", "drop", "auto"])
@@ -122,6 +137,7 @@ def test_every_strategy_keeps_outputs(tiny, strategy):
             assert events.drops and events.restores
         if strategy == "auto":
             assert events.drops or events.swaps_out or events.spare_moves
+            assert events.swaps_in == events.swaps_out
         _assert_all_back(cluster, checksums)
 
 

@@ -17,7 +17,7 @@ from coserve.entrypoints.placement_serve import build_clusters, server_config_fo
 from coserve.errors import ConfigError
 from coserve.placement.placement_file import PlacementFile
 
-from .test_elastic import GREEDY, _assert_all_back, _budget, _burst, _prompts, _reference
+from .test_elastic import GREEDY, _assert_all_back, _budget, _burst, _prompts, _reference, idle_until_restored
 from .test_server import RunningServer
 
 ray = pytest.importorskip("ray", reason="the Ray backend is the optional extra coserve[ray]")
@@ -235,15 +235,15 @@ def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on
         checksum = survivor.weights_checksum()
         real, calls = getattr(pipeline, moment), []
 
-        def dying(*args):
+        def dying(*args, **kwargs):
             calls.append(moment)
             ray.kill(victim.handle, no_restart=True)
-            return real(*args)
+            return real(*args, **kwargs)
         monkeypatch.setattr(pipeline, moment, dying)
         for i, prompt in enumerate(prompts):
             cluster.add_request(prompt, GREEDY, str(i))
         outputs = _finish(cluster, {})
-        cluster.step()  # an idle round: where a restore happens
+        idle_until_restored(cluster)  # where a restore happens
         outputs = _finish(cluster, outputs)
         assert calls == [moment] and cluster.health()[victim.name] == "dead"
         _assert_survivor_serves(cluster, survivor, checksum, outputs, prompts, want)

@@ -22,12 +22,12 @@ def _splits(num_layers: int, size: int):
 
 
 def _reference(case: dict, counts: list[int]) -> tuple[int, int]:
-    """(pages the group holds, its slowest stage's cost), worked out from first principles: the first
-    member keeps the embedding, the last the head (the embedding again when tied), every page spans
-    each member's layers, and the last stage runs the head's matmul."""
+    """(pages the group holds, its slowest stage's cost), worked out from first principles: every
+    member keeps the final norm, the first the embedding, the last the head (the embedding again when
+    tied), every page spans each member's layers, and the last stage runs the head's matmul."""
     pages, slowest = [], 0
     for i, k in enumerate(counts):
-        parts = 0
+        parts = case["kept"]
         if i == 0:
             parts += case["embedding"]
         if i == len(counts) - 1:
@@ -44,7 +44,7 @@ def _costs(case: dict) -> StageCosts:
                                vocab_size=case["vocab"], hidden_size=4096)
     assert spec.layer_params() == case["layer_cost"] and spec.vocab_size * spec.hidden_size == case["head_cost"]
     parts = {"embedding": case["embedding"]} | ({} if case["tied"] else {"head": case["head"]})
-    return StageCosts(spec, case["budget"], case["layer_bytes"], case["page_bytes"], parts)
+    return StageCosts(spec, case["budget"], case["layer_bytes"], case["page_bytes"], parts, case["kept"])
 
 
 @st.composite
@@ -56,7 +56,7 @@ def _cases(draw) -> dict:
     return {"num_layers": num_layers, "size": draw(st.integers(2, min(4, num_layers))), "tied": tied,
             "vocab": vocab, "layer_cost": LLAMA.layer_params(), "head_cost": vocab * 4096,
             "layer_bytes": layer_bytes, "page_bytes": draw(st.integers(1, 20)),
-            "embedding": draw(st.integers(0, 800)), "head": draw(st.integers(0, 800)),
+            "embedding": draw(st.integers(0, 800)), "head": draw(st.integers(0, 800)), "kept": draw(st.integers(0, 50)),
             "budget": draw(st.integers(layer_bytes, 4000)), "wanted": draw(st.integers(1, 400))}
 
 

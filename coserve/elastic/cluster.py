@@ -71,8 +71,20 @@ class Flight:
     batch: Any  # what the engine prepared from `out` (see Replica.prepare)
     stages: list[tuple[Replica, int, int]]
     started: float = 0.0
+    stall_s: float = 0.0  # a modelled transfer its first stage absorbed (not compute)
     stage: int = 0
     hidden: Any = None  # the previous stage's output
+
+
+@dataclass
+class Transition:
+    """A drop or restore under way. A restore's weights cross while the group serves (`ready_at`);
+    then, as a drop does at once, it waits for the members' lanes to be idle."""
+
+    kind: str  # "drop" or "restore"
+    members: list[Replica]
+    group: pipeline.PipelineGroup | None = None
+    ready_at: float = 0.0
 
 
 @dataclass
@@ -113,8 +125,7 @@ class ElasticCluster:
         self.groups: dict[int, pipeline.PipelineGroup] = {}  # member index -> its group
         self.swapped: dict[int, deque[kv_moves.SwappedRequest]] = {r.index: deque() for r in self.replicas}
         self.migration: kv_moves.Migration | None = None
-        # a drop or restore waiting for quiet lanes: (kind, members, the group unless a drop)
-        self.transition: tuple[str, list[Replica], pipeline.PipelineGroup | None] | None = None
+        self.transition: Transition | None = None
         self.repairs: list[pipeline.PipelineGroup] = []  # groups that lost a member, waiting for quiet lanes
         self._orphans: list[RequestOutput] = []  # outputs produced between steps (a repair's failures)
         self.events = Events()
@@ -207,8 +218,10 @@ class ElasticCluster:
         return outputs
 
     def dispatch(self) -> list[RequestOutput]:
-        self._manage(self.clock())
-        frozen = {r.index for r in self.transition[1]} if self.transition else set()
+        now = self.clock()
+        self._manage(now)
+        transition = self.transition
+        frozen = {r.index for r in transition.members} if transition and now >= transition.ready_at else set()
         frozen |= {r.index for group in self.repairs for r in group.members}
         outputs: list[RequestOutput] = []
         for replica in self.replicas:
@@ -243,7 +256,7 @@ class ElasticCluster:
         if not out.scheduled:
             return engine.finish_step(out, {})
         self.batch_in_flight.add(engine.index)
-        self._submit(Flight(engine, out, engine.prepare(out), stages, self.clock()))
+        self._submit(Flight(engine, out, engine.prepare(out), stages, self.clock(), engine.stall_s))
         return []
 
     def _submit(self, flight: Flight) -> None:
@@ -270,7 +283,9 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                self.prefill_speed[flight.engine.index].record(flight.out, self.clock() - flight.started)
+                if len(flight.stages) == 1:  # a pipeline's time includes waits behind other micro-batches
+                    elapsed = self.clock() - flight.started - flight.stall_s
+                    self.prefill_speed[flight.engine.index].record(flight.out, elapsed)
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
         if self._deferred_aborts:
             self._apply_aborts()
@@ -302,7 +317,7 @@ class ElasticCluster:
             outputs += flight.engine.fail_step(flight.out, exc)
         stranded = [s.request for s in self.swapped.pop(dead.index, ())]
         self.swapped[dead.index] = deque()
-        if self.transition is not None and dead in self.transition[1]:
+        if self.transition is not None and dead in self.transition.members:
             self.transition = None
         outputs += dead.fail_requests(stranded, exc)
         group = self.groups.get(dead.index)
@@ -343,8 +358,13 @@ class ElasticCluster:
             self._drop_or_restore(now)
         elif strategy == "auto":
             self._swap_in()
-            alone = [r for r in self.live_replicas() if r.index not in self.groups]
-            self.events.spare_moves += memory_source.move_queued_to_spare(alone, self._deferred_aborts)
+            # not a group's members, nor those of a group in repair or about to drop or restore
+            taken = {m.index for g in self.repairs for m in g.members}
+            taken |= {m.index for m in self.transition.members} if self.transition else set()
+            alone = [r for r in self.live_replicas() if r.index not in self.groups and r.index not in taken]
+            # a replica with KV on the host needs its free pages to bring it back
+            targets = [r for r in alone if not self.swapped[r.index]]
+            self.events.spare_moves += memory_source.move_queued_to_spare(alone, targets, self._deferred_aborts)
             self._drop_or_restore(now)
 
     def _swap_hook(self, replica: Replica):
@@ -405,20 +425,25 @@ class ElasticCluster:
             self.repairs.remove(group)
             self._repair(group)
         if self.transition is None:
-            self.transition = self._next_transition()
+            self.transition = self._next_transition(now)
         if self.transition is None:
             return
-        kind, members, group = self.transition
-        if not self._quiet(members):
-            return  # wait for the members' batches to come back
+        kind, members, group = self.transition.kind, self.transition.members, self.transition.group
+        if kind == "restore" and not self._may_restore(group):
+            pipeline.cancel_restore(group)  # demand came back while the weights crossed
+            self.transition = None
+            return
+        if now < self.transition.ready_at or not self._quiet(members):
+            return  # the weights are still crossing, or the members' batches are still out
         self.transition = None
         try:
             if kind == "drop":
-                demand = sum(self._demand_pages(m) for m in members)
-                ranges = plan_ranges(pipeline.stage_costs(members[0]), len(members), demand)
+                # the most pages any split holds: a burst's demand only grows from here, and a group
+                # cannot re-split until it restores; among those splits, the evenest stages
+                ranges = plan_ranges(pipeline.stage_costs(members[0]), len(members), self._group_capacity(len(members)))
                 group, moved = pipeline.drop(members, self.config.peer_bytes_per_s, ranges)
             else:
-                moved = pipeline.restore(group, self.config.peer_bytes_per_s)
+                moved = pipeline.restore(group, self.config.peer_bytes_per_s, weights_precopied=True)
         except LaneError as exc:
             self._transition_failed(members, exc)
             return
@@ -467,10 +492,11 @@ class ElasticCluster:
         self._orphans += outputs
         self.events.restores.append((self.clock(), [m.name for m in survivors], 0))
 
-    def _next_transition(self) -> tuple[str, list[Replica], pipeline.PipelineGroup | None] | None:
+    def _next_transition(self, now: float) -> Transition | None:
         for group in {id(g): g for g in self.groups.values()}.values():
             if self._should_restore(group):
-                return "restore", group.members, group
+                seconds = pipeline.start_restore(group, self.config.peer_bytes_per_s)
+                return Transition("restore", group.members, group, now + seconds)
         # a replica with KV on the host stays alone: the swapped KV spans every layer
         alone = [r for r in self.live_replicas() if r.index not in self.groups and not self.swapped[r.index]]
         # KunServe's trigger (demand above capacity with a queue) also fires when the queue is for
@@ -480,7 +506,7 @@ class ElasticCluster:
         demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages) for r in alone]
         plan = plan_groups(demands, self._group_capacity, self.config.max_group_size)
         by_name = {r.name: r for r in alone}
-        return ("drop", [by_name[name] for name in plan[0]], None) if plan else None
+        return Transition("drop", [by_name[name] for name in plan[0]]) if plan else None
 
     def _demand_pages(self, replica: Replica) -> int:
         return replica.kv.num_held_blocks + queued_pages(replica)
@@ -493,10 +519,14 @@ class ElasticCluster:
 
     def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
         members = group.members
-        if any(m.scheduler.waiting or self.swapped[m.index] for m in members) or not pipeline.can_restore(group):
-            return False
         used = sum(group.used_pages(m) for m in members)
-        return used <= self.config.restore_below * sum(m.independent_pages for m in members)
+        return self._may_restore(group) and used <= pipeline.restore_hold_pages(group) \
+            and used <= self.config.restore_below * sum(m.independent_pages for m in members)
+
+    def _may_restore(self, group: pipeline.PipelineGroup) -> bool:
+        """No member has a queue or KV on the host, and each one's requests fit its own pages."""
+        members = group.members
+        return not any(m.scheduler.waiting or self.swapped[m.index] for m in members) and pipeline.can_restore(group)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:

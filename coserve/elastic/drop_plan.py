@@ -1,7 +1,7 @@
 """Which replicas drop layers and pipeline together: a greedy plan in O(N log N).
 
-A group of g replicas, each keeping 1/g of the layers, holds `group_capacity(g)` pages (the freed
-weights turned into KV, each page now spanning fewer layers on each member). A group is feasible when
+A group of g replicas, each keeping a share of the layers (stage_plan.py), holds `group_capacity(g)`
+pages (the freed weights turned into KV, each page now spanning fewer layers on each member). A group is feasible when
 its members' demand fits that. The plan covers the most overloaded replica first, adding partners until
 its group is feasible: the partner with the least spare that makes it feasible (big spares stay for
 bigger deficits, and an overloaded partner is covered in the same group), else the one with the most

@@ -3,7 +3,7 @@
 Every source costs the replica's queue time. Moving a queued request (it holds no pages) to a replica
 with pages to spare costs nothing. A running victim's pages come back either by swapping its KV out
 and in (two transfers over the host link) or by recomputing it (re-prefilling every token it had);
-the cheaper of the two wins, the prefill time read off the replica's own recent prefill-heavy steps
+the cheaper of the two wins, the prefill time read off the replica's own prefill-heavy steps so far
 (so the same rule holds on this CPU, on a GPU and on the simulator's clock). What no replica has to
 spare, dropping layers makes (KunServe), as in the `drop` strategy.
 """
@@ -51,13 +51,13 @@ def spare_pages(replica) -> int:
     return replica.kv.pool.headroom(replica.kv.owner) - queued_pages(replica)
 
 
-def move_queued_to_spare(replicas: list, pending_aborts: set[str]) -> int:
-    """Queued requests of replicas short of pages go, oldest first, to the replica with the most
-    pages to spare while they fit there; returns how many moved. Only requests holding no pages
-    move, and only to a replica with no page-short queue of its own."""
+def move_queued_to_spare(sources: list, targets: list, pending_aborts: set[str]) -> int:
+    """Queued requests of sources short of pages go, oldest first, to the target with the most pages
+    to spare while they fit there; returns how many moved. Only requests holding no pages move, and
+    only to a replica with no page-short queue of its own."""
     moved = 0
-    for src in [r for r in replicas if r.scheduler.waiting and r.scheduler.short_of_pages]:
-        targets = [r for r in replicas if r is not src and not (r.scheduler.waiting and r.scheduler.short_of_pages)]
+    for src in [r for r in sources if r.scheduler.waiting and r.scheduler.short_of_pages]:
+        targets = [r for r in targets if r is not src and not (r.scheduler.waiting and r.scheduler.short_of_pages)]
         for request in list(src.scheduler.waiting):
             if not holds_no_pages(src, request, pending_aborts):
                 continue

@@ -9,8 +9,10 @@ of any member runs through all members in layer order. Restore reverses it: each
 layers and parts it lacks from the peer holding them, regathers its requests' KV for those layers,
 and takes its pages back.
 
-Both run while the members' lanes are idle: the exchange is a stop-the-world copy (KunServe's
-`reshard` mode), not the paper's live exchange overlapped with execution.
+A drop runs while the members' lanes are idle: the exchange is a stop-the-world copy (KunServe's
+`reshard` mode), not the paper's live exchange overlapped with execution. A restore first copies the
+weights while the group keeps serving (its pages held to what one member holds alone, so that every
+member has room for them); only the KV regathered at the switch stalls.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class PipelineGroup:
     ranges: list[tuple[int, int]]  # the layers each member keeps, in pipeline order
     next_batch: int = 0  # round-robin over the members' schedulers (one micro-batch each in flight)
     token_budgets: list[int] = field(default_factory=list)  # each member's step budget serving alone
+    page_limit: int = 0  # the pages the freed bytes hold (the owner's limit while no restore is under way)
 
     @property
     def stages(self) -> list[tuple[Replica, int, int]]:
@@ -80,8 +83,9 @@ def request_pages(member: Replica) -> list[int]:
 
 
 def stage_costs(replica: Replica) -> StageCosts:
+    kept = replica.weight_bytes - replica.spec.num_layers * replica.layer_bytes - sum(replica.part_bytes.values())
     return StageCosts(replica.spec, replica.budget, replica.layer_bytes, replica.page_bytes_per_layer,
-                      replica.part_bytes)
+                      replica.part_bytes, kept)
 
 
 def drop(members: list[Replica], link_bytes_per_s: float, ranges: list[tuple[int, int]] | None = None
@@ -107,8 +111,8 @@ def drop(members: list[Replica], link_bytes_per_s: float, ranges: list[tuple[int
     for member in members:
         _reown(member, member.name, group.owner)
     _split_budgets(group)
-    members[0].kv.pool.set_limit(group.owner, min(m.pages_for(end - start, m.weight_bytes_held())
-                                    for m, (start, end) in zip(members, ranges)))
+    group.page_limit = min(m.pages_for(end - start, m.weight_bytes_held()) for m, (start, end) in zip(members, ranges))
+    members[0].kv.pool.set_limit(group.owner, group.page_limit)
     return group, exchanged
 
 
@@ -117,23 +121,41 @@ def can_restore(group: PipelineGroup) -> bool:
     return all(group.used_pages(m) <= m.independent_pages for m in group.members)
 
 
-def restore(group: PipelineGroup, link_bytes_per_s: float) -> int:
-    """Dissolve the group; returns the bytes (weights and KV) pulled from peers."""
+def restore_hold_pages(group: PipelineGroup) -> int:
+    """The group's page limit while its members pull their weights back: with no more pages than one
+    member holds alone, every member has room for all its weights and every page the group uses."""
+    return min(m.independent_pages for m in group.members)
+
+
+def start_restore(group: PipelineGroup, link_bytes_per_s: float) -> float:
+    """Hold the group to `restore_hold_pages` while the weights cross (the members keep serving);
+    returns the seconds the slowest member's weights take."""
+    group.members[0].kv.pool.set_limit(group.owner, restore_hold_pages(group))
+    return max(m.weight_bytes - m.weight_bytes_held() for m in group.members) / link_bytes_per_s
+
+
+def cancel_restore(group: PipelineGroup) -> None:
+    group.members[0].kv.pool.set_limit(group.owner, group.page_limit)
+
+
+def restore(group: PipelineGroup, link_bytes_per_s: float, weights_precopied: bool = False) -> int:
+    """Dissolve the group; returns the bytes (weights and KV) pulled from peers. With the weights
+    copied while the group served (`start_restore`), only the KV regathered now stalls a member."""
     pulled = 0
     num_layers = group.members[0].spec.num_layers
     for member in group.members:
         pages = request_pages(member)
         for layer in sorted(set(range(num_layers)) - set(member.held_layers())):
             source = group.holder(layer)
-            moved = member.restore_layer(layer, source.layer(layer))
-            moved += source.kv_cache.copy_to(member.kv_cache, [layer], pages)
-            member.stall_s += moved / link_bytes_per_s
-            pulled += moved
+            weights = member.restore_layer(layer, source.layer(layer))
+            kv = source.kv_cache.copy_to(member.kv_cache, [layer], pages)
+            member.stall_s += (kv if weights_precopied else weights + kv) / link_bytes_per_s
+            pulled += weights + kv
         for part in sorted(set(member.part_bytes) - member.held_parts()):
             source = next(m for m, start, end in group.stages if part in m.spec.end_parts(start, end))
-            moved = member.restore_part(part, source.part(part))
-            member.stall_s += moved / link_bytes_per_s
-            pulled += moved
+            weights = member.restore_part(part, source.part(part))
+            member.stall_s += 0 if weights_precopied else weights / link_bytes_per_s
+            pulled += weights
     dissolve(group)
     return pulled
 

@@ -33,18 +33,19 @@ class StageCosts:
     layer_bytes: int
     page_bytes_per_layer: int
     part_bytes: dict[str, int]  # each end part's bytes
+    kept_bytes: int = 0  # weights every member keeps whatever its layers (the final norm)
 
     @property
     def layer_cost(self) -> int:
         return self.spec.layer_params()
 
     def position_bytes(self, position: int, size: int) -> int:
-        """Bytes of the end parts the member at `position` of a group of `size` keeps."""
+        """Bytes besides its layers that the member at `position` of a group of `size` keeps."""
         last = self.spec.num_layers
         start, end = (0 if position == 0 else 1), (last if position == size - 1 else last - 1)
         if size == 1:
             start, end = 0, last
-        return sum(self.part_bytes[p] for p in self.spec.end_parts(start, end) if p in self.part_bytes)
+        return self.kept_bytes + sum(self.part_bytes[p] for p in self.spec.end_parts(start, end))
 
     def position_cost(self, position: int, size: int) -> int:
         """The head's matmul on the last stage; the embedding is a lookup and costs next to nothing."""

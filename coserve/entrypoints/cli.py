@@ -46,7 +46,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=None, help="default: the config's, else 8000")
     p.add_argument("--backend", choices=("process", "ray"), default="process",
                    help="with a placement file: replicas as local processes, or as Ray actors (coserve[ray])")
-    p.add_argument("--strategy", choices=("recompute", "swap", "migrate", "drop"), default="drop",
+    p.add_argument("--strategy", choices=("recompute", "swap", "migrate", "drop", "auto"), default="drop",
                    help="with a placement file: what a replica does when its KV runs out")
     p.add_argument("--address", default=None,
                    help="with --backend ray: the Ray cluster to join ('auto': the running one); default: a local one")

@@ -100,6 +100,8 @@ def replay_elastic(cluster: ElasticCluster, backend: SimBackend, requests: list[
             upcoming.append(pending[0].arrival_time)
         if cluster.migration is not None and cluster.migration.ready_at > clock.now:
             upcoming.append(cluster.migration.ready_at)
+        if cluster.transition is not None and cluster.transition.ready_at > clock.now:
+            upcoming.append(cluster.transition.ready_at)  # a restore's weights have crossed
         if not upcoming:
             break
         clock.advance_to(min(upcoming))
