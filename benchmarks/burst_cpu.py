@@ -88,6 +88,11 @@ def replay(cluster: ElasticCluster, requests) -> tuple[list[dict], list[dict]]:
             if output.finished:
                 records.append(record(output, arrival[output.request_id], start))
         timeline.append(sample(cluster, time.monotonic() - start))
+    deadline = time.monotonic() + 120
+    while cluster.groups and time.monotonic() < deadline:  # idle until a restore's weights have crossed
+        cluster.step()
+        timeline.append(sample(cluster, time.monotonic() - start))
+        time.sleep(0.05)
     return records, timeline
 
 

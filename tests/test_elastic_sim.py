@@ -250,7 +250,7 @@ def test_auto_swaps_a_victim_only_when_moving_its_kv_out_and_back_beats_recomput
 
 def test_a_restore_pulls_weights_while_the_group_serves_then_switches():
     """From the moment a restore is decided until the weights have crossed (16 of Llama 7B's layers
-    and its embedding or head at 300 GB/s, by hand), the group keeps running stages with its pages
+    and its embedding or head at 300 GB/s, by hand), the group keeps starting batches with its pages
     held to what one member holds alone; the switch comes after."""
     cluster, backend = _cluster("drop", replicas=2)
     weights = 16 * SPEC.layer_params() * 2 + SPEC.vocab_size * SPEC.hidden_size * 2
@@ -260,16 +260,52 @@ def test_a_restore_pulls_weights_while_the_group_serves_then_switches():
         transition = cluster.transition
         if transition is None or transition.kind != "restore":
             return
+        batches = {id(flight.out) for flight in cluster.busy.values()}
         if not windows or windows[-1]["ready_at"] != transition.ready_at:
-            windows.append({"start": now, "ready_at": transition.ready_at, "busy_s": sum(backend.busy_s.values())})
-        owner = transition.group.owner
-        assert cluster.replicas[0].kv.pool.capacity(owner) == 600
-        windows[-1]["busy_end"] = sum(backend.busy_s.values())
+            windows.append({"start": now, "ready_at": transition.ready_at, "first": batches, "new": False})
+        assert cluster.replicas[0].kv.pool.capacity(transition.group.owner) == 600
+        if now < transition.ready_at and batches - windows[-1]["first"]:
+            windows[-1]["new"] = True  # a batch that started after the restore was decided
 
     replay_elastic(cluster, backend, _burst(60, 1.0), on_step=watch)
-    assert cluster.events.restores and not cluster.groups
+    assert cluster.events.restores and not cluster.groups and windows
     for window in windows:
         assert window["ready_at"] - window["start"] == pytest.approx(weights / 300e9)
-    restored_at = [t for t, _, _ in cluster.events.restores]
-    assert all(t >= windows[-1]["ready_at"] for t in restored_at[-1:])
-    assert any(w["busy_end"] > w["busy_s"] for w in windows)  # stages ran while the weights crossed
+    assert cluster.events.restores[-1][0] >= windows[-1]["ready_at"]
+    assert any(w["new"] for w in windows)
+
+
+def _request(replica, request_id: str, tokens: int = 500) -> None:
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    replica.add_request([0] * tokens, params, request_id, prompt_token_ids=[0] * tokens)
+
+
+def test_a_restore_is_called_off_by_a_queue_short_of_pages_or_a_drop_elsewhere():
+    from coserve.elastic import pipeline
+
+    cluster, backend = _cluster("drop", replicas=4)
+    first, second, third, fourth = cluster.replicas
+    group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
+    cluster.groups.update({first.index: group, second.index: group})
+    pool = first.kv.pool
+
+    cluster._drop_or_restore(0.0)  # nothing to serve: the restore starts, its pages held
+    assert cluster.transition.kind == "restore" and pool.capacity(group.owner) == 600
+    _request(first, "late")
+    cluster._drop_or_restore(0.0)  # a request that has pages waits for the switch
+    assert cluster.transition.kind == "restore"
+    first.scheduler.short_of_pages = True
+    cluster._drop_or_restore(0.0)  # one refused pages calls the restore off
+    assert cluster.transition is None and pool.capacity(group.owner) == group.page_limit
+
+    first.abort_request("late")
+    first.scheduler.short_of_pages = False
+    cluster._drop_or_restore(0.0)
+    assert cluster.transition.kind == "restore"
+    for i in range(20):  # 20 x 32 pages: more than the 600 the third holds alone
+        _request(third, f"burst{i}")
+    third.scheduler.short_of_pages = True
+    cluster._drop_or_restore(0.0)  # a drop cannot wait for the weights to cross: it runs at once
+    (_, members, _), = cluster.events.drops
+    assert set(members) == {third.name, fourth.name} and cluster.groups[third.index] is cluster.groups[fourth.index]
+    assert cluster.transition is None and pool.capacity(group.owner) == group.page_limit

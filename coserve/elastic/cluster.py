@@ -45,7 +45,7 @@ class ElasticConfig:
     host_bytes_per_s: float = 25e9  # the host link swaps cross (PCIe 4.0 x16)
     peer_bytes_per_s: float = 25e9  # between replicas: migration, exchange, restore
     max_group_size: int = 2
-    restore_below: float = 0.5  # restore when the group's pages fall under this share of its members'
+    restore_below: float = 0.5  # restore when the group's pages fall under this share of one member's
     # own pages; far below the drop point, so a group does not flap
 
     def __post_init__(self) -> None:
@@ -256,7 +256,7 @@ class ElasticCluster:
         if not out.scheduled:
             return engine.finish_step(out, {})
         self.batch_in_flight.add(engine.index)
-        self._submit(Flight(engine, out, engine.prepare(out), stages, self.clock(), engine.stall_s))
+        self._submit(Flight(engine, out, engine.prepare(out), stages, self.clock(), stages[0][0].stall_s))
         return []
 
     def _submit(self, flight: Flight) -> None:
@@ -424,15 +424,20 @@ class ElasticCluster:
         for group in [g for g in self.repairs if self._quiet(g.members)]:
             self.repairs.remove(group)
             self._repair(group)
+        drop = None
+        pending = self.transition
+        if pending is not None and pending.kind == "restore":
+            # demand came back to the group while its weights crossed, or a drop elsewhere cannot
+            # wait for them: a drop is for a queue short of pages, a restore is never urgent
+            drop = self._next_drop() if now < pending.ready_at else None
+            if drop is not None or not self._restore_holds(pending.group):
+                pipeline.cancel_restore(pending.group)
+                self.transition = None
         if self.transition is None:
-            self.transition = self._next_transition(now)
+            self.transition = drop or self._next_drop() or self._next_restore(now)
         if self.transition is None:
             return
         kind, members, group = self.transition.kind, self.transition.members, self.transition.group
-        if kind == "restore" and not self._may_restore(group):
-            pipeline.cancel_restore(group)  # demand came back while the weights crossed
-            self.transition = None
-            return
         if now < self.transition.ready_at or not self._quiet(members):
             return  # the weights are still crossing, or the members' batches are still out
         self.transition = None
@@ -492,11 +497,14 @@ class ElasticCluster:
         self._orphans += outputs
         self.events.restores.append((self.clock(), [m.name for m in survivors], 0))
 
-    def _next_transition(self, now: float) -> Transition | None:
+    def _next_restore(self, now: float) -> Transition | None:
         for group in {id(g): g for g in self.groups.values()}.values():
             if self._should_restore(group):
                 seconds = pipeline.start_restore(group, self.config.peer_bytes_per_s)
                 return Transition("restore", group.members, group, now + seconds)
+        return None
+
+    def _next_drop(self) -> Transition | None:
         # a replica with KV on the host stays alone: the swapped KV spans every layer
         alone = [r for r in self.live_replicas() if r.index not in self.groups and not self.swapped[r.index]]
         # KunServe's trigger (demand above capacity with a queue) also fires when the queue is for
@@ -518,15 +526,19 @@ class ElasticCluster:
         return self._capacity_by_size[size]
 
     def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
-        members = group.members
-        used = sum(group.used_pages(m) for m in members)
-        return self._may_restore(group) and used <= pipeline.restore_hold_pages(group) \
-            and used <= self.config.restore_below * sum(m.independent_pages for m in members)
+        """No queue, and the group's pages under `restore_below` of what it is held to while the
+        weights cross (one member's own pages): the rest is room for its requests to grow meanwhile."""
+        used = sum(group.used_pages(m) for m in group.members)
+        return not any(m.scheduler.waiting for m in group.members) and self._restore_holds(group) \
+            and used <= self.config.restore_below * pipeline.restore_hold_pages(group)
 
-    def _may_restore(self, group: pipeline.PipelineGroup) -> bool:
-        """No member has a queue or KV on the host, and each one's requests fit its own pages."""
+    def _restore_holds(self, group: pipeline.PipelineGroup) -> bool:
+        """Nothing a restore under way cannot go on with: no member short of pages for its queue and
+        none with KV on the host, and each one's requests fit its own pages. (A request that
+        arrives meanwhile waits for the switch; one refused pages calls it off.)"""
         members = group.members
-        return not any(m.scheduler.waiting or self.swapped[m.index] for m in members) and pipeline.can_restore(group)
+        return not any((m.scheduler.waiting and m.scheduler.short_of_pages) or self.swapped[m.index]
+                       for m in members) and pipeline.can_restore(group)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:

@@ -57,11 +57,12 @@ def move_queued_to_spare(sources: list, targets: list, pending_aborts: set[str])
     only to a replica with no page-short queue of its own."""
     moved = 0
     for src in [r for r in sources if r.scheduler.waiting and r.scheduler.short_of_pages]:
-        targets = [r for r in targets if r is not src and not (r.scheduler.waiting and r.scheduler.short_of_pages)]
+        open_targets = [r for r in targets
+                        if r is not src and not (r.scheduler.waiting and r.scheduler.short_of_pages)]
         for request in list(src.scheduler.waiting):
             if not holds_no_pages(src, request, pending_aborts):
                 continue
-            dst = max(targets, key=spare_pages, default=None)
+            dst = max(open_targets, key=spare_pages, default=None)
             if dst is None or spare_pages(dst) < cdiv(request.num_tokens + 1, dst.kv.block_size):
                 break
             move_waiting(src, dst, request)
