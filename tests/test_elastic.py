@@ -150,7 +150,7 @@ def test_requests_a_group_member_takes_from_its_partners_queue_keep_their_output
         for i, prompt in enumerate(prompts):  # all on one replica (past the router): one long queue
             first.add_request(prompt, GREEDY, str(i))
         got = _drain(cluster)
-        cluster.step()
+        idle_until_restored(cluster)
         assert got == want
         assert cluster.events.drops and cluster.events.queue_moves > 0
         _assert_all_back(cluster, checksums)

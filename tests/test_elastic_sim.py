@@ -309,3 +309,31 @@ def test_a_restore_is_called_off_by_a_queue_short_of_pages_or_a_drop_elsewhere()
     (_, members, _), = cluster.events.drops
     assert set(members) == {third.name, fourth.name} and cluster.groups[third.index] is cluster.groups[fourth.index]
     assert cluster.transition is None and pool.capacity(group.owner) == group.page_limit
+
+
+def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run():
+    """KunServe's live exchange: at the drop, each running request's KV for the partner's 16 layers
+    crosses the 300 GB/s link one request after another (pages x 16 x 256 KiB each, by hand); such a
+    request runs no step until its KV has crossed, and a request admitted after the drop may."""
+    cluster, backend = _cluster("drop", replicas=2)
+    seen: dict = {}
+
+    def watch(now: float) -> None:
+        parked = {request.request_id: ready for queue in cluster.exchanging.values() for ready, request in queue}
+        if parked and "drop" not in seen:
+            drop_time = cluster.events.drops[0][0]
+            ready = sorted(parked.values())
+            pages = sum(len(r.kv.block_tables[rid]) for r in cluster.replicas for rid in parked
+                        if rid in r.kv.block_tables)
+            seen.update(drop=drop_time, parked=set(parked), last_ready=ready[-1])
+            assert ready[-1] - drop_time == pytest.approx(pages * 16 * PAGE / 300e9)
+        for flight in cluster.busy.values():
+            for item in flight.out.scheduled:
+                rid = item.request.request_id
+                assert rid not in parked  # no step before its KV has crossed
+                if "drop" in seen and now < seen["last_ready"] and rid not in seen["parked"]:
+                    seen["ran_meanwhile"] = True
+
+    replay_elastic(cluster, backend, _burst(60, 1.0), on_step=watch)
+    assert seen["parked"] and seen.get("ran_meanwhile")
+    assert not any(cluster.exchanging.values())

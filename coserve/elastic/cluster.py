@@ -124,6 +124,8 @@ class ElasticCluster:
         self.batch_in_flight: set[int] = set()  # replicas whose scheduler has a batch out
         self.groups: dict[int, pipeline.PipelineGroup] = {}  # member index -> its group
         self.swapped: dict[int, deque[kv_moves.SwappedRequest]] = {r.index: deque() for r in self.replicas}
+        # requests whose KV is still crossing after a drop: member index -> (when it has, request)
+        self.exchanging: dict[int, deque[tuple[float, Any]]] = {r.index: deque() for r in self.replicas}
         self.migration: kv_moves.Migration | None = None
         self.transition: Transition | None = None
         self.repairs: list[pipeline.PipelineGroup] = []  # groups that lost a member, waiting for quiet lanes
@@ -191,7 +193,8 @@ class ElasticCluster:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.busy or self._orphans or self.repairs) or any(
-            r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] for r in self.replicas)
+            r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] or self.exchanging[r.index]
+            for r in self.replicas)
 
     def close(self) -> None:
         for replica in self.replicas:
@@ -355,8 +358,10 @@ class ElasticCluster:
         elif strategy == "migrate":
             self._migrate(now)
         elif strategy == "drop":
+            self._unpark_exchanged(now)
             self._drop_or_restore(now)
         elif strategy == "auto":
+            self._unpark_exchanged(now)
             self._swap_in()
             # not a group's members, nor those of a group in repair or about to drop or restore
             taken = {m.index for g in self.repairs for m in g.members}
@@ -447,6 +452,7 @@ class ElasticCluster:
                 # cannot re-split until it restores; among those splits, the evenest stages
                 ranges = plan_ranges(pipeline.stage_costs(members[0]), len(members), self._group_capacity(len(members)))
                 group, moved = pipeline.drop(members, self.config.peer_bytes_per_s, ranges)
+                self._park_exchanged(group, now)
             else:
                 moved = pipeline.restore(group, self.config.peer_bytes_per_s, weights_precopied=True)
         except LaneError as exc:
@@ -458,6 +464,28 @@ class ElasticCluster:
             else:
                 del self.groups[member.index]
         (self.events.drops if kind == "drop" else self.events.restores).append((now, [m.name for m in members], moved))
+
+    def _park_exchanged(self, group: pipeline.PipelineGroup, now: float) -> None:
+        """KunServe's live exchange: each running request whose KV crossed waits out its transfer,
+        oldest member's first, one after another over the link, while the pages freed by the drop
+        admit new requests at once."""
+        ready = now
+        for member in group.members:
+            for request in list(member.scheduler.running):
+                seconds = group.exchange_s.get(request.request_id, 0.0)
+                if seconds > 0:
+                    ready += seconds
+                    member.scheduler.running.remove(request)
+                    self.exchanging[member.index].append((ready, request))
+
+    def _unpark_exchanged(self, now: float) -> None:
+        """Requests whose KV has crossed run again, ahead of those admitted since the drop."""
+        for replica in self.replicas:
+            queue = self.exchanging[replica.index]
+            while queue and queue[0][0] <= now and replica.index not in self.batch_in_flight:
+                _, request = queue.popleft()
+                if not request.finished:  # else aborted (or failed) while its KV crossed
+                    replica.scheduler.running.insert(0, request)
 
     def _transition_failed(self, members: list[Replica], exc: LaneError) -> None:
         """A member died during a drop or restore. Before a drop's bookkeeping the members are still
@@ -484,6 +512,8 @@ class ElasticCluster:
         """After a member died: every member's requests lost KV, so they start over elsewhere (or fail
         if they had produced tokens); the survivors reload the layers they had dropped and serve alone."""
         pipeline.dissolve(group)
+        for member in group.members:  # their requests start over or fail below, KV crossing or not
+            self.exchanging[member.index].clear()
         survivors = [m for m in group.members if m.alive]
         lost = LaneError(f"a member of pipeline group {group.owner} died")
         for member in survivors:
@@ -538,7 +568,7 @@ class ElasticCluster:
         arrives meanwhile waits for the switch; one refused pages calls it off.)"""
         members = group.members
         return not any((m.scheduler.waiting and m.scheduler.short_of_pages) or self.swapped[m.index]
-                       for m in members) and pipeline.can_restore(group)
+                       or self.exchanging[m.index] for m in members) and pipeline.can_restore(group)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:

@@ -9,8 +9,10 @@ of any member runs through all members in layer order. Restore reverses it: each
 layers and parts it lacks from the peer holding them, regathers its requests' KV for those layers,
 and takes its pages back.
 
-A drop runs while the members' lanes are idle: the exchange is a stop-the-world copy (KunServe's
-`reshard` mode), not the paper's live exchange overlapped with execution. A restore first copies the
+A drop runs while the members' lanes are idle. The KV is copied then, but its modelled transfer is
+waited out by the requests it belongs to, one after another over the link, while requests admitted
+after the drop run at once (the cluster parks the former: KunServe's live exchange, with the bytes
+of a request in transit not counted against the group's pages). A restore first copies the
 weights while the group keeps serving (its pages held to what one member holds alone, so that every
 member has room for them); only the KV regathered at the switch stalls.
 """
@@ -33,6 +35,7 @@ class PipelineGroup:
     next_batch: int = 0  # round-robin over the members' schedulers (one micro-batch each in flight)
     token_budgets: list[int] = field(default_factory=list)  # each member's step budget serving alone
     page_limit: int = 0  # the pages the freed bytes hold (the owner's limit while no restore is under way)
+    exchange_s: dict[str, float] = field(default_factory=dict)  # at the drop: request id -> its KV's transfer
 
     @property
     def stages(self) -> list[tuple[Replica, int, int]]:
@@ -90,17 +93,21 @@ def stage_costs(replica: Replica) -> StageCosts:
 
 def drop(members: list[Replica], link_bytes_per_s: float, ranges: list[tuple[int, int]] | None = None
          ) -> tuple[PipelineGroup, int]:
-    """Form a pipeline group over `ranges` (default: even); returns it and the KV bytes exchanged."""
+    """Form a pipeline group over `ranges` (default: even); returns it and the KV bytes exchanged.
+    The copy is made here; its time at `link_bytes_per_s` is each request's own to wait out
+    (`group.exchange_s`), not a stall of the group."""
     ranges = ranges or layer_split(members[0].spec.num_layers, len(members))
     group = PipelineGroup("+".join(m.name for m in members), members, ranges)
     exchanged = 0
-    for member in members:
+    for member, (start, end) in zip(members, ranges):
         pages = request_pages(member)
-        for other, (start, end) in zip(members, ranges):
+        for other, (other_start, other_end) in zip(members, ranges):
             if other is not member:
-                moved = member.kv_cache.copy_to(other.kv_cache, list(range(start, end)), pages)
-                other.stall_s += moved / link_bytes_per_s
-                exchanged += moved
+                exchanged += member.kv_cache.copy_to(other.kv_cache, list(range(other_start, other_end)), pages)
+        page_s = (member.spec.num_layers - (end - start)) * member.page_bytes_per_layer / link_bytes_per_s
+        for request_id, table in member.kv.block_tables.items():
+            if table:
+                group.exchange_s[request_id] = len(table) * page_s
     for member, (start, end) in zip(members, ranges):
         for layer in member.held_layers():
             if not start <= layer < end:

@@ -102,6 +102,7 @@ def replay_elastic(cluster: ElasticCluster, backend: SimBackend, requests: list[
             upcoming.append(cluster.migration.ready_at)
         if cluster.transition is not None and cluster.transition.ready_at > clock.now:
             upcoming.append(cluster.transition.ready_at)  # a restore's weights have crossed
+        upcoming += [queue[0][0] for queue in cluster.exchanging.values() if queue and queue[0][0] > clock.now]
         if not upcoming:
             break
         clock.advance_to(min(upcoming))
