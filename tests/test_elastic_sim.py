@@ -25,10 +25,10 @@ PAGE = 2 * 16 * SPEC.kv_size * 2  # one 16-token page of one layer
 BUDGET = WEIGHTS + 600 * SPEC.num_layers * PAGE  # 600 pages (9600 tokens) beside the weights
 
 
-def _cluster(strategy: str, replicas: int = 4) -> tuple[ElasticCluster, SimBackend]:
+def _cluster(strategy: str, replicas: int = 4, peer_bytes_per_s: float = 300e9) -> tuple[ElasticCluster, SimBackend]:
     backend = SimBackend(SPEC, get_hardware("A100-80GB"))
     config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=BUDGET, host_bytes_per_s=25e9,
-                           peer_bytes_per_s=300e9)
+                           peer_bytes_per_s=peer_bytes_per_s)
     engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=128, max_num_batched_tokens=2048)
     return ElasticCluster(engine, config, clock=backend.clock, backend=backend), backend
 
@@ -312,28 +312,42 @@ def test_a_restore_is_called_off_by_a_queue_short_of_pages_or_a_drop_elsewhere()
 
 
 def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run():
-    """KunServe's live exchange: at the drop, each running request's KV for the partner's 16 layers
-    crosses the 300 GB/s link one request after another (pages x 16 x 256 KiB each, by hand); such a
-    request runs no step until its KV has crossed, and a request admitted after the drop may."""
-    cluster, backend = _cluster("drop", replicas=2)
-    seen: dict = {}
+    """KunServe's live exchange: at the drop, each running request's KV for the layers its member
+    gives up crosses the link, a member's requests one after another (pages x layers moved x 256 KiB
+    each, by hand); such a request starts no step before its KV has crossed, a request admitted
+    after the drop may, and members keep room under their sequence cap for the parked. The link is
+    a slow 2 GB/s, so that the transfers outlast a step."""
+    cluster, backend = _cluster("drop", replicas=2, peer_bytes_per_s=2e9)
+    seen: dict = {"ready": {}}
 
     def watch(now: float) -> None:
-        parked = {request.request_id: ready for queue in cluster.exchanging.values() for ready, request in queue}
-        if parked and "drop" not in seen:
-            drop_time = cluster.events.drops[0][0]
-            ready = sorted(parked.values())
-            pages = sum(len(r.kv.block_tables[rid]) for r in cluster.replicas for rid in parked
-                        if rid in r.kv.block_tables)
-            seen.update(drop=drop_time, parked=set(parked), last_ready=ready[-1])
-            assert ready[-1] - drop_time == pytest.approx(pages * 16 * PAGE / 300e9)
+        for member_index, queue in cluster.exchanging.items():
+            for ready, request in queue:
+                if request.request_id not in seen["ready"]:
+                    seen["ready"][request.request_id] = ready
+                    seen.setdefault("drop", now)
+                    seen["last_ready"] = max(seen.get("last_ready", 0.0), ready)
+            if queue:
+                member = cluster.replicas[member_index]
+                assert len(member.scheduler.running) + len(queue) <= 128  # the cap the cluster was given
+        if "drop" in seen and len(seen) == 3 and "checked" not in seen:
+            seen["checked"] = True
+            group = next(iter(cluster.groups.values()))
+            for member, start, end in group.stages:
+                line = [(ready, request) for ready, request in cluster.exchanging[member.index]]
+                if line:
+                    pages = sum(len(member.kv.block_tables[r.request_id]) for _, r in line)
+                    moved = SPEC.num_layers - (end - start)
+                    assert line[-1][0] - seen["drop"] == pytest.approx(pages * moved * PAGE / 2e9)
         for flight in cluster.busy.values():
             for item in flight.out.scheduled:
-                rid = item.request.request_id
-                assert rid not in parked  # no step before its KV has crossed
-                if "drop" in seen and now < seen["last_ready"] and rid not in seen["parked"]:
+                ready = seen["ready"].get(item.request.request_id)
+                if ready is not None:
+                    assert flight.started >= ready  # no step before its KV has crossed
+                elif "drop" in seen and now < seen["last_ready"]:
                     seen["ran_meanwhile"] = True
 
     replay_elastic(cluster, backend, _burst(60, 1.0), on_step=watch)
-    assert seen["parked"] and seen.get("ran_meanwhile")
-    assert not any(cluster.exchanging.values())
+    assert seen["ready"] and seen.get("checked") and seen.get("ran_meanwhile")
+    assert not any(cluster.exchanging.values()) and not cluster._seq_caps
+    assert all(r.scheduler.config.max_num_seqs == 128 for r in cluster.replicas)

@@ -135,6 +135,7 @@ class ElasticCluster:
         self._next_id = itertools.count()
         self._deferred_aborts: set[str] = set()
         self._capacity_by_size: dict[int, int] = {}
+        self._seq_caps: dict[int, int] = {}  # max_num_seqs of members with parked requests
         self.prefill_speed = {r.index: memory_source.PrefillSpeed() for r in self.replicas}
         if config.strategy in ("swap", "auto"):
             for replica in self.replicas:
@@ -467,25 +468,43 @@ class ElasticCluster:
 
     def _park_exchanged(self, group: pipeline.PipelineGroup, now: float) -> None:
         """KunServe's live exchange: each running request whose KV crossed waits out its transfer,
-        oldest member's first, one after another over the link, while the pages freed by the drop
-        admit new requests at once."""
-        ready = now
+        a member's requests one after another over its link (the members send at the same time),
+        while the pages freed by the drop admit new requests at once. A member's sequence cap
+        keeps room for its parked requests, so they come back without exceeding it."""
         for member in group.members:
+            ready = now
             for request in list(member.scheduler.running):
                 seconds = group.exchange_s.get(request.request_id, 0.0)
                 if seconds > 0:
                     ready += seconds
                     member.scheduler.running.remove(request)
                     self.exchanging[member.index].append((ready, request))
+            parked = len(self.exchanging[member.index])
+            if parked:
+                self._seq_caps[member.index] = cap = member.scheduler.config.max_num_seqs
+                _set_seq_cap(member, max(1, cap - parked))
 
     def _unpark_exchanged(self, now: float) -> None:
-        """Requests whose KV has crossed run again, ahead of those admitted since the drop."""
+        """Requests whose KV has crossed run again, ahead of those admitted since the drop and in
+        their old order."""
         for replica in self.replicas:
             queue = self.exchanging[replica.index]
+            due = []
             while queue and queue[0][0] <= now and replica.index not in self.batch_in_flight:
                 _, request = queue.popleft()
                 if not request.finished:  # else aborted (or failed) while its KV crossed
-                    replica.scheduler.running.insert(0, request)
+                    due.append(request)
+            replica.scheduler.running[0:0] = due
+            if replica.index in self._seq_caps and (due or not queue):
+                self._restore_seq_cap(replica)
+
+    def _restore_seq_cap(self, replica: Replica) -> None:
+        """The cap less the requests still parked (the whole cap once none is)."""
+        cap = self._seq_caps[replica.index]
+        parked = len(self.exchanging[replica.index])
+        _set_seq_cap(replica, max(1, cap - parked))
+        if not parked:
+            del self._seq_caps[replica.index]
 
     def _transition_failed(self, members: list[Replica], exc: LaneError) -> None:
         """A member died during a drop or restore. Before a drop's bookkeeping the members are still
@@ -514,6 +533,8 @@ class ElasticCluster:
         pipeline.dissolve(group)
         for member in group.members:  # their requests start over or fail below, KV crossing or not
             self.exchanging[member.index].clear()
+            if member.index in self._seq_caps:
+                self._restore_seq_cap(member)
         survivors = [m for m in group.members if m.alive]
         lost = LaneError(f"a member of pipeline group {group.owner} died")
         for member in survivors:
@@ -569,6 +590,10 @@ class ElasticCluster:
         members = group.members
         return not any((m.scheduler.waiting and m.scheduler.short_of_pages) or self.swapped[m.index]
                        or self.exchanging[m.index] for m in members) and pipeline.can_restore(group)
+
+
+def _set_seq_cap(replica: Replica, max_num_seqs: int) -> None:
+    replica.scheduler.config = dataclasses.replace(replica.scheduler.config, max_num_seqs=max_num_seqs)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:
