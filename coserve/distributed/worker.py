@@ -170,21 +170,19 @@ class ReplicaWorker:
             self._outbox.clear()
         missing = sorted(set(range(self.spec.num_layers)) - set(self.model.held_layers()))
         for index in missing:
-            part = LlamaModel(self.spec, index, index + 1).to(self.dtype)
-            loaded = load_model(self.config.model, self.dtype, self.config.seed, (index, index + 1), tokenizer=False)
-            part.load_hf_state_dict(loaded.state_dict)
-            self._take_layer(index, part.layers[0])
-        for name in sorted(self.spec.end_parts(0, self.spec.num_layers) - self.model.held_parts()):
-            self._reload_part(name)
+            self._take_layer(index, self._load_range(index, index + 1).layers[0])
+        last = self.spec.num_layers
+        for name in sorted(self.spec.end_parts(0, last) - self.model.held_parts()):
+            start = 0 if name == "embedding" else last - 1  # the one-layer stage that holds the part
+            self.model.set_part(name, self._load_range(start, start + 1).part(name))
         return self.model.held_layers()
 
-    def _reload_part(self, name: str) -> None:
-        last = self.spec.num_layers
-        start, end = (0, 1) if name == "embedding" else (last - 1, last)
+    def _load_range(self, start: int, end: int) -> LlamaModel:
+        """Layers [start, end) and the end parts that range holds, read from the checkpoint."""
         part = LlamaModel(self.spec, start, end).to(self.dtype)
         loaded = load_model(self.config.model, self.dtype, self.config.seed, (start, end), tokenizer=False)
         part.load_hf_state_dict(loaded.state_dict)
-        self.model.set_part(name, part.part(name))
+        return part
 
     def _take_layer(self, index: int, layer: LlamaLayer) -> None:
         self.kv_cache.add_layer(index)

@@ -287,7 +287,8 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                if len(flight.stages) == 1:  # a pipeline's time includes waits behind other micro-batches
+                # only auto reads it; a pipeline's time includes waits behind other micro-batches
+                if self.config.strategy == "auto" and len(flight.stages) == 1:
                     elapsed = self.clock() - flight.started - flight.stall_s
                     self.prefill_speed[flight.engine.index].record(flight.out, elapsed)
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
@@ -479,10 +480,9 @@ class ElasticCluster:
                     ready += seconds
                     member.scheduler.running.remove(request)
                     self.exchanging[member.index].append((ready, request))
-            parked = len(self.exchanging[member.index])
-            if parked:
-                self._seq_caps[member.index] = cap = member.scheduler.config.max_num_seqs
-                _set_seq_cap(member, max(1, cap - parked))
+            if self.exchanging[member.index]:
+                self._seq_caps[member.index] = member.scheduler.config.max_num_seqs
+                self._fit_seq_cap(member)
 
     def _unpark_exchanged(self, now: float) -> None:
         """Requests whose KV has crossed run again, ahead of those admitted since the drop and in
@@ -496,13 +496,13 @@ class ElasticCluster:
                     due.append(request)
             replica.scheduler.running[0:0] = due
             if replica.index in self._seq_caps and (due or not queue):
-                self._restore_seq_cap(replica)
+                self._fit_seq_cap(replica)
 
-    def _restore_seq_cap(self, replica: Replica) -> None:
+    def _fit_seq_cap(self, replica: Replica) -> None:
         """The cap less the requests still parked (the whole cap once none is)."""
         cap = self._seq_caps[replica.index]
         parked = len(self.exchanging[replica.index])
-        _set_seq_cap(replica, max(1, cap - parked))
+        pipeline.tune_scheduler(replica, max_num_seqs=max(1, cap - parked))
         if not parked:
             del self._seq_caps[replica.index]
 
@@ -534,7 +534,7 @@ class ElasticCluster:
         for member in group.members:  # their requests start over or fail below, KV crossing or not
             self.exchanging[member.index].clear()
             if member.index in self._seq_caps:
-                self._restore_seq_cap(member)
+                self._fit_seq_cap(member)
         survivors = [m for m in group.members if m.alive]
         lost = LaneError(f"a member of pipeline group {group.owner} died")
         for member in survivors:
@@ -590,10 +590,6 @@ class ElasticCluster:
         members = group.members
         return not any((m.scheduler.waiting and m.scheduler.short_of_pages) or self.swapped[m.index]
                        or self.exchanging[m.index] for m in members) and pipeline.can_restore(group)
-
-
-def _set_seq_cap(replica: Replica, max_num_seqs: int) -> None:
-    replica.scheduler.config = dataclasses.replace(replica.scheduler.config, max_num_seqs=max_num_seqs)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:

@@ -172,7 +172,7 @@ def dissolve(group: PipelineGroup) -> None:
     for member in group.members:
         _reown(member, group.owner, member.name)
     for member, budget in zip(group.members, group.token_budgets):
-        _set_budget(member, budget)
+        tune_scheduler(member, max_num_batched_tokens=budget)
     group.members[0].kv.pool.set_limit(group.owner, 0)
 
 
@@ -185,11 +185,13 @@ def _split_budgets(group: PipelineGroup) -> None:
     group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
     for member, budget in zip(group.members, group.token_budgets):
         # never below a token per sequence: every running decode keeps its place in each step
-        _set_budget(member, max(budget // len(group.members), member.scheduler.config.max_num_seqs))
+        tune_scheduler(member, max_num_batched_tokens=max(budget // len(group.members),
+                                                          member.scheduler.config.max_num_seqs))
 
 
-def _set_budget(member: Replica, tokens: int) -> None:
-    member.scheduler.config = dataclasses.replace(member.scheduler.config, max_num_batched_tokens=tokens)
+def tune_scheduler(member: Replica, **limits) -> None:
+    """Change a member's scheduler limits (its step budget, its sequence cap) while it is grouped."""
+    member.scheduler.config = dataclasses.replace(member.scheduler.config, **limits)
 
 
 def _reown(member: Replica, src: str, dst: str) -> None:

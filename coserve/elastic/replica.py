@@ -81,7 +81,8 @@ class ReplicaMemory:
     def weight_bytes_held(self) -> int:
         """Its whole model's weights (`weight_bytes`) less the decoder layers and end parts it dropped."""
         dropped_layers = self.spec.num_layers - len(self.held_layers())
-        dropped_parts = sum(size for part, size in self.part_bytes.items() if part not in self.held_parts())
+        held = self.held_parts()
+        dropped_parts = sum(size for part, size in self.part_bytes.items() if part not in held)
         return self.weight_bytes - dropped_layers * self.layer_bytes - dropped_parts
 
     def is_whole(self) -> bool:
