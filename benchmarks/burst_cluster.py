@@ -58,12 +58,13 @@ def workload(trace_name: str, start: float, seconds: float, scale: float, output
     return [WorkloadRequest(i, MODEL, t, min(n_in, 8000), n_out) for i, (t, n_in, n_out) in enumerate(requests)]
 
 
-def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int) -> dict:
+def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int, **elastic) -> dict:
+    """`elastic` overrides the ElasticConfig fields set here (a slower peer link, the exchange choice)."""
     hw = get_hardware(gpu)
     backend = SimBackend(model_spec(MODEL, MODEL), hw)
+    fields = {"host_bytes_per_s": hw.pcie_bandwidth, "peer_bytes_per_s": hw.nvlink_bandwidth, **elastic}
     config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=int(0.9 * hw.memory_bytes),
-                           host_bytes_per_s=hw.pcie_bandwidth, peer_bytes_per_s=hw.nvlink_bandwidth,
-                           max_group_size=2)
+                           max_group_size=2, **fields)
     engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=256,
                           max_num_batched_tokens=4096)
     cluster = ElasticCluster(engine, config, clock=backend.clock, backend=backend)
@@ -96,7 +97,7 @@ def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int)
         "mean_queued_s": _mean_queued(timeline, len(records)),
         "drops": len(events.drops), "restores": len(events.restores), "swaps_out": events.swaps_out,
         "migrations": events.migrations, "queue_moves": events.queue_moves,
-        "spare_moves": events.spare_moves,
+        "spare_moves": events.spare_moves, "exchange_recomputes": events.exchange_recomputes,
         "simulated_s": backend.clock.now, "wall_s": wall, "timeline": timeline,
     }
 

@@ -141,6 +141,19 @@ def test_every_strategy_keeps_outputs(tiny, strategy):
         _assert_all_back(cluster, checksums)
 
 
+def test_requests_recomputed_at_a_drop_instead_of_exchanged_keep_their_outputs(tiny):
+    """Over a 100 kB/s peer link a request's KV for half of llama-tiny's layers takes 0.65 s to cross,
+    far longer than re-prefilling it, so with the choice on the drop recomputes the running requests
+    (re-prefilled through the pipeline) and their greedy outputs stay the same."""
+    config, prompts, want, budget = tiny
+    elastic = ElasticConfig("drop", memory_budget_bytes=budget, peer_bytes_per_s=100e3, recompute_if_cheaper=True)
+    with ElasticCluster(config, elastic) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        assert _burst(cluster, prompts) == want
+        assert cluster.events.drops and cluster.events.exchange_recomputes > 0
+        _assert_all_back(cluster, checksums)
+
+
 def test_requests_a_group_member_takes_from_its_partners_queue_keep_their_outputs(tiny):
     config, prompts, want, budget = tiny
     config = dataclasses.replace(config, max_num_seqs=4)  # a member cannot run its whole queue at once

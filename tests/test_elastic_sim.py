@@ -25,10 +25,11 @@ PAGE = 2 * 16 * SPEC.kv_size * 2  # one 16-token page of one layer
 BUDGET = WEIGHTS + 600 * SPEC.num_layers * PAGE  # 600 pages (9600 tokens) beside the weights
 
 
-def _cluster(strategy: str, replicas: int = 4, peer_bytes_per_s: float = 300e9) -> tuple[ElasticCluster, SimBackend]:
+def _cluster(strategy: str, replicas: int = 4, peer_bytes_per_s: float = 300e9, **elastic
+             ) -> tuple[ElasticCluster, SimBackend]:
     backend = SimBackend(SPEC, get_hardware("A100-80GB"))
     config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=BUDGET, host_bytes_per_s=25e9,
-                           peer_bytes_per_s=peer_bytes_per_s)
+                           peer_bytes_per_s=peer_bytes_per_s, **elastic)
     engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=128, max_num_batched_tokens=2048)
     return ElasticCluster(engine, config, clock=backend.clock, backend=backend), backend
 
@@ -316,8 +317,9 @@ def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run()
     gives up crosses the link, a member's requests one after another (pages x layers moved x 256 KiB
     each, by hand); such a request starts no step before its KV has crossed, a request admitted
     after the drop may, and members keep room under their sequence cap for the parked. The link is
-    a slow 2 GB/s, so that the transfers outlast a step."""
-    cluster, backend = _cluster("drop", replicas=2, peer_bytes_per_s=2e9)
+    a slow 2 GB/s, so that the transfers outlast a step; every request is exchanged (the choice to
+    recompute some instead is off, as by default; the next tests check it)."""
+    cluster, backend = _cluster("drop", replicas=2, peer_bytes_per_s=2e9, recompute_if_cheaper=False)
     seen: dict = {"ready": {}}
 
     def watch(now: float) -> None:
@@ -351,3 +353,52 @@ def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run()
     assert seen["ready"] and seen.get("checked") and seen.get("ran_meanwhile")
     assert not any(cluster.exchanging.values()) and not cluster._seq_caps
     assert all(r.scheduler.config.max_num_seqs == 128 for r in cluster.replicas)
+
+
+def test_at_a_drop_a_request_is_recomputed_when_that_adds_less_waiting_than_its_exchange():
+    """The rule, worked by hand. A member keeping 16 of 32 layers sends 16 x 256 KiB a page over a
+    1 GB/s link (4.194 ms a page), in order: a (10 pages, 100 tokens), b (20 pages, 30 tokens), c
+    (5 pages, 60 tokens). Each joins the line adding the least waiting: exchanged, its wait for the
+    link and its bytes, which each later request may wait too; recomputed, its wait behind earlier
+    re-prefills and its own, which each later request and each queued one (q per member) may wait.
+    - 1 ms a token, q = 0: a 3 x 41.9 = 125.8 ms against 3 x 100 = 300: exchanged; b 41.9 + 2 x
+      83.9 = 209.7 against 2 x 30 = 60: recomputed; c 41.9 + 21.0 = 62.9 (not 146.8: b left the
+      link) against 30 + 60 = 90 (behind b's re-prefill; alone, 60 would have won): exchanged.
+    - 0.3 ms a token, q = 1: a 125.8 against 4 x 30 = 120: recomputed (by its own wait alone, 41.9
+      against 2 x 30, it would not be); b 167.8 against 30 + 3 x 9 = 57: recomputed; c 21.0
+      against 39 + 2 x 18 = 75: exchanged.
+    - 1 ms a token, q = 6: b 209.7 against 8 x 30 = 240: exchanged, as is everyone. Nothing timed:
+      everyone is exchanged."""
+    from types import SimpleNamespace
+
+    from coserve.elastic.memory_source import PrefillSpeed, recompute_instead_of_exchange
+
+    requests = [SimpleNamespace(request_id=rid, num_computed_tokens=tokens)
+                for rid, tokens in (("a", 100), ("b", 30), ("c", 60), ("refused", 0))]
+    tables = {"a": list(range(10)), "b": list(range(20)), "c": list(range(5)), "refused": []}
+    member = SimpleNamespace(spec=SPEC, page_bytes_per_layer=PAGE, kv=SimpleNamespace(block_tables=tables),
+                             scheduler=SimpleNamespace(running=requests))
+
+    def recomputed(queued_share: float, seconds_per_token: float | None = 1e-3) -> list[str]:
+        speed = PrefillSpeed() if seconds_per_token is None else PrefillSpeed(1000, 1000 * seconds_per_token)
+        return [r.request_id for r in recompute_instead_of_exchange(member, 16, 1e9, speed, queued_share)]
+
+    assert recomputed(0) == ["b"]
+    assert recomputed(1, 0.3e-3) == ["a", "b"]
+    assert recomputed(6) == []
+    assert recomputed(0, None) == []
+
+
+def test_over_a_slow_link_a_drop_recomputes_what_is_cheaper_and_serves_the_burst():
+    """At 0.5 GB/s a 500-token request's KV for 16 of Llama 7B's layers (32 pages x 4 MiB) takes
+    268 ms to cross, about ten times what the A100 takes to prefill it again: with the choice on,
+    the drop recomputes such requests; every request is still served in full and every page comes
+    back."""
+    cluster, backend = _cluster("drop", replicas=2, peer_bytes_per_s=0.5e9, recompute_if_cheaper=True)
+    requests = _burst(60, 1.0)
+    records = replay_elastic(cluster, backend, requests)
+    assert cluster.events.drops and cluster.events.exchange_recomputes > 0
+    assert all(r.success and r.output_tokens == q.output_len for r, q in zip(
+        sorted(records, key=lambda r: r.request_id), sorted(requests, key=lambda q: q.request_id)))
+    pool = cluster.replicas[0].kv.pool
+    assert pool.num_free_blocks == pool.num_blocks and not cluster.groups

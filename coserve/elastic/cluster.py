@@ -47,6 +47,11 @@ class ElasticConfig:
     max_group_size: int = 2
     restore_below: float = 0.5  # restore when the group's pages fall under this share of one member's
     # own pages; far below the drop point, so a group does not flap
+    # at a drop, recompute the running requests whose re-prefill is predicted to add less waiting than
+    # exchanging their KV (memory_source.recompute_instead_of_exchange). Off: every request is exchanged,
+    # which kept p99 TTFT lowest in every simulated burst and link speed (benchmarks/exchange_or_recompute.py);
+    # on slow links the choice trades that for a lower p99 TPOT
+    recompute_if_cheaper: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -98,6 +103,7 @@ class Events:
     migrations: int = 0
     queue_moves: int = 0  # queued requests a group member took from a partner's queue
     spare_moves: int = 0  # queued requests `auto` moved to a replica with pages to spare
+    exchange_recomputes: int = 0  # running requests recomputed at a drop rather than exchanged
 
 
 class ElasticCluster:
@@ -287,8 +293,8 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                # only auto reads it; a pipeline's time includes waits behind other micro-batches
-                if self.config.strategy == "auto" and len(flight.stages) == 1:
+                # drop and auto read it; a pipeline's time includes waits behind other micro-batches
+                if self.config.strategy in ("drop", "auto") and len(flight.stages) == 1:
                     elapsed = self.clock() - flight.started - flight.stall_s
                     self.prefill_speed[flight.engine.index].record(flight.out, elapsed)
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
@@ -453,6 +459,8 @@ class ElasticCluster:
                 # the most pages any split holds: a burst's demand only grows from here, and a group
                 # cannot re-split until it restores; among those splits, the evenest stages
                 ranges = plan_ranges(pipeline.stage_costs(members[0]), len(members), self._group_capacity(len(members)))
+                if self.config.recompute_if_cheaper:
+                    self._recompute_cheaper_than_exchange(members, ranges)
                 group, moved = pipeline.drop(members, self.config.peer_bytes_per_s, ranges)
                 self._park_exchanged(group, now)
             else:
@@ -466,6 +474,17 @@ class ElasticCluster:
             else:
                 del self.groups[member.index]
         (self.events.drops if kind == "drop" else self.events.restores).append((now, [m.name for m in members], moved))
+
+    def _recompute_cheaper_than_exchange(self, members: list[Replica], ranges: list[tuple[int, int]]) -> None:
+        """Before the KV is exchanged: requests for which a re-prefill adds less waiting than the
+        exchange give up their pages and queue for recompute (their KV is then not copied)."""
+        queued_share = sum(m.scheduler.num_waiting for m in members) / len(members)
+        for member, (start, end) in zip(members, ranges):
+            speed = self.prefill_speed[member.index]
+            for request in memory_source.recompute_instead_of_exchange(
+                    member, end - start, self.config.peer_bytes_per_s, speed, queued_share):
+                member.scheduler.recompute(request)
+                self.events.exchange_recomputes += 1
 
     def _park_exchanged(self, group: pipeline.PipelineGroup, now: float) -> None:
         """KunServe's live exchange: each running request whose KV crossed waits out its transfer,

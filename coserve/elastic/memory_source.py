@@ -6,6 +6,9 @@ and in (two transfers over the host link) or by recomputing it (re-prefilling ev
 the cheaper of the two wins, the prefill time read off the replica's own prefill-heavy steps so far
 (so the same rule holds on this CPU, on a GPU and on the simulator's clock). What no replica has to
 spare, dropping layers makes (KunServe), as in the `drop` strategy.
+
+The same timed prefill speed decides, at a drop under `drop` or `auto`, which running requests
+exchange their KV with the partner that keeps their layers and which are cheaper to recompute.
 """
 
 from __future__ import annotations
@@ -45,6 +48,37 @@ def swap_beats_recompute(replica, victim: Request, speed: PrefillSpeed, host_byt
     pages = len(replica.kv.block_tables.get(victim.request_id, ()))
     kv_bytes = pages * replica.page_bytes_per_layer * len(replica.held_layers())
     return 2 * kv_bytes / host_bytes_per_s < recompute_s
+
+
+def recompute_instead_of_exchange(member, kept_layers: int, link_bytes_per_s: float, speed: PrefillSpeed,
+                                  queued_share: float) -> list[Request]:
+    """At a drop, which of a member's running requests are recomputed rather than exchanged.
+
+    Both ways are a line. Exchanged requests send their KV for the layers the member gives up over
+    its link one after another; recomputed ones are prefilled again one after another at the head
+    of the queue (their tokens at the member's timed prefill speed), ahead of the queued requests
+    (`queued_share`: the group's queue over its members). In order, each request joins the line
+    that adds the least waiting in all: its own wait there, plus its time for every request that
+    may still join that line after it and, for a re-prefill, for every queued request. Until a
+    prefill has been timed, every request is exchanged (KunServe's choice)."""
+    page_s = (member.spec.num_layers - kept_layers) * member.page_bytes_per_layer / link_bytes_per_s
+    holding = [(r, len(member.kv.block_tables.get(r.request_id, ()))) for r in member.scheduler.running]
+    holding = [(request, pages) for request, pages in holding if pages]
+    recomputed, link_free_at, compute_free_at = [], 0.0, 0.0
+    for position, (request, pages) in enumerate(holding):
+        recompute_s = speed.seconds_for(request.num_computed_tokens)
+        if recompute_s is None:
+            return []
+        transfer = pages * page_s
+        later = len(holding) - position - 1  # an upper bound on who joins either line after it
+        exchange_cost = link_free_at + transfer * (1 + later)
+        recompute_cost = compute_free_at + recompute_s * (1 + later + queued_share)
+        if recompute_cost < exchange_cost:
+            recomputed.append(request)
+            compute_free_at += recompute_s
+        else:
+            link_free_at += transfer
+    return recomputed
 
 
 def spare_pages(replica) -> int:

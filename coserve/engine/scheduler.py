@@ -186,6 +186,18 @@ class Scheduler:
         out.preempted.append(victim)
         if self.preempt_hook is not None and self.preempt_hook(victim):
             return
+        self._requeue_for_recompute(victim)
+
+    def recompute(self, request: Request) -> None:
+        """Preempt a running request from outside a step (its KV is not worth keeping): its pages
+        are freed and it waits at the head of the queue to be prefilled again."""
+        self.running.remove(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self._requeue_for_recompute(request)
+
+    def _requeue_for_recompute(self, victim: Request) -> None:
         self.kv.free(victim)
         victim.num_computed_tokens = 0
         self.waiting.appendleft(victim)
