@@ -98,6 +98,7 @@ def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int,
         "drops": len(events.drops), "restores": len(events.restores), "swaps_out": events.swaps_out,
         "migrations": events.migrations, "queue_moves": events.queue_moves,
         "spare_moves": events.spare_moves, "exchange_recomputes": events.exchange_recomputes,
+        "decode_moves": events.decode_moves,
         "simulated_s": backend.clock.now, "wall_s": wall, "timeline": timeline,
     }
 
@@ -132,7 +133,8 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
           f"{'queued':>7} {'peak demand':>11} {'busy':>5} {'wall s':>6} events")
     for r in [*results.values(), {**calm, "strategy": "x1/4"}]:
         events = (f"drops {r['drops']} restores {r['restores']} swaps {r['swaps_out']} migrations {r['migrations']} "
-                  f"queue moves {r.get('queue_moves', 0)} spare moves {r.get('spare_moves', 0)}")
+                  f"queue moves {r.get('queue_moves', 0)} spare moves {r.get('spare_moves', 0)} "
+                  f"decode moves {r.get('decode_moves', 0)}")
         peak = max(s["demand"] for s in r["timeline"])
         print(f"{r['strategy']:<10} {r['p50_ttft_s']:9.3f} {r['p99_ttft_s']:9.3f} {r['p50_tpot_s']:9.4f} "
               f"{r['p99_tpot_s']:9.4f} {r['throughput_req_s']:7.2f} {r['mean_queued_s']:7.2f} {peak:11.2f} "

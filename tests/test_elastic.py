@@ -154,7 +154,9 @@ def test_requests_recomputed_at_a_drop_instead_of_exchanged_keep_their_outputs(t
         _assert_all_back(cluster, checksums)
 
 
-def test_requests_a_group_member_takes_from_its_partners_queue_keep_their_outputs(tiny):
+def test_requests_a_group_member_takes_from_its_partner_queued_or_decoding_keep_their_outputs(tiny):
+    """All requests start on one replica: once grouped, its partner takes queued ones (share_queue)
+    and, when the queue is gone, decoding ones whose KV every stage already holds (balance_decodes)."""
     config, prompts, want, budget = tiny
     config = dataclasses.replace(config, max_num_seqs=4)  # a member cannot run its whole queue at once
     with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
@@ -165,7 +167,7 @@ def test_requests_a_group_member_takes_from_its_partners_queue_keep_their_output
         got = _drain(cluster)
         idle_until_restored(cluster)
         assert got == want
-        assert cluster.events.drops and cluster.events.queue_moves > 0
+        assert cluster.events.drops and cluster.events.queue_moves > 0 and cluster.events.decode_moves > 0
         _assert_all_back(cluster, checksums)
 
 

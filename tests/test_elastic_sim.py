@@ -402,3 +402,68 @@ def test_over_a_slow_link_a_drop_recomputes_what_is_cheaper_and_serves_the_burst
         sorted(records, key=lambda r: r.request_id), sorted(requests, key=lambda q: q.request_id)))
     pool = cluster.replicas[0].kv.pool
     assert pool.num_free_blocks == pool.num_blocks and not cluster.groups
+
+
+def _decoding(member, contexts: list[int], prefix: str) -> None:
+    """Requests that have prefilled `contexts` tokens each and now decode, oldest first."""
+    for i, tokens in enumerate(contexts):
+        _request(member, f"{prefix}{i}", tokens)
+    out = member.scheduler.schedule()  # admits them all: 2048 tokens of budget, 600 pages
+    member.scheduler.update_from_output(out, {s.request.request_id: 0 for s in out.scheduled})
+
+
+def test_a_member_hands_its_newest_decodes_to_the_cheapest_partner_while_that_evens_the_costlier():
+    """By hand, with a cost of one per cached token read: the first member decodes 100, 200, 300 and
+    400 tokens (newest last), the second 100. Moving the newest takes the pair from 1000 / 100 to
+    600 / 500; moving the next would give 300 / 800, worse than 600: one moves. Nothing moves while
+    a member has a queue (its prefill fills the budget) or to a partner at its sequence cap."""
+    from coserve.elastic import pipeline
+
+    cluster, _ = _cluster("drop", replicas=2)
+    first, second = cluster.replicas
+    group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
+    _decoding(first, [100, 200, 300, 400], "a")
+    _decoding(second, [100], "b")
+    by_context = lambda rows, context: context  # noqa: E731
+    assert pipeline.balance_decodes(group, first, by_context) == 1
+    assert [r.request_id for r in first.scheduler.running] == ["a0", "a1", "a2"]
+    assert [r.request_id for r in second.scheduler.running] == ["b0", "a3"]
+    assert first.kv.block_tables.keys() == {"a0", "a1", "a2"} and "a3" in second.kv.block_tables
+    assert pipeline.balance_decodes(group, first, by_context) == 0  # already even
+
+    _decoding(second, [150, 50], "c")  # b0 and a3 decode a token too: 101 + 401 + 150 + 50 = 702
+    _request(first, "queued", 100)
+    assert pipeline.balance_decodes(group, second, by_context) == 0  # a queue: no balancing
+    first.abort_request("queued")
+    pipeline.tune_scheduler(first, max_num_seqs=3)  # the first is full: the second keeps its decodes
+    assert pipeline.balance_decodes(group, second, by_context) == 0
+    pipeline.tune_scheduler(first, max_num_seqs=128)
+    # c1: 652 / 650 beats 702 / 600; then c0 would give 502 / 800
+    assert pipeline.balance_decodes(group, second, by_context) == 1
+    assert [r.request_id for r in first.scheduler.running] == ["a0", "a1", "a2", "c1"]
+
+
+def test_balanced_micro_batches_read_evener_context_and_serve_the_burst():
+    """On the roofline the decode micro-batches of a group are memory-bound, so their cost is the
+    context they read: with balancing the members' decode contexts differ less than without, and
+    every request is still served in full."""
+    spread = {balance: _decode_context_spread(balance) for balance in (False, True)}
+    assert spread[True] < 0.5 * spread[False]
+
+
+def _decode_context_spread(balance: bool) -> float:
+    """The mean relative gap between a pair's decode contexts over a burst, which it serves in full."""
+    cluster, backend = _cluster("drop", replicas=2, balance_decodes=balance)
+    gaps: list[float] = []
+
+    def watch(now: float) -> None:
+        for group in {id(g): g for g in cluster.groups.values()}.values():
+            contexts = [sum(r.num_computed_tokens for r in m.scheduler.running) for m in group.members]
+            if sum(contexts):
+                gaps.append(abs(contexts[0] - contexts[1]) / sum(contexts))
+
+    requests = _burst(60, 1.0)
+    records = replay_elastic(cluster, backend, requests, on_step=watch)
+    assert all(r.success for r in records) and len(records) == len(requests)
+    assert (cluster.events.decode_moves > 0) == balance
+    return float(np.mean(gaps))

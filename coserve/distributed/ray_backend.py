@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coserve.distributed.remote_replica import RemoteReplica
 from coserve.distributed.worker import ReplicaWorker
+from coserve.elastic.backend import decode_rows
 from coserve.elastic.replica import id_space_pages
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
@@ -91,6 +92,8 @@ class RayBackend:
         self.slots = slots
         self._own_groups: list[PlacementGroup] = []
         self.replicas: list[RemoteReplica] = []
+
+    decode_cost = staticmethod(decode_rows)  # the workers are CPU lanes (no CUDA workers yet)
 
     def make_replica(self, engine_config: EngineConfig, index: int, config: ElasticConfig,
                      pool_for: Callable[[int], BlockPool], clock) -> RemoteReplica:

@@ -49,9 +49,10 @@ class ElasticConfig:
     # own pages; far below the drop point, so a group does not flap
     # at a drop, recompute the running requests whose re-prefill is predicted to add less waiting than
     # exchanging their KV (memory_source.recompute_instead_of_exchange). Off: every request is exchanged,
-    # which kept p99 TTFT lowest in every simulated burst and link speed (benchmarks/exchange_or_recompute.py);
+    # which kept p99 TTFT lowest in six of seven simulated cases (benchmarks/exchange_or_recompute.py);
     # on slow links the choice trades that for a lower p99 TPOT
     recompute_if_cheaper: bool = False
+    balance_decodes: bool = True  # even the micro-batches' decode cost within a group (pipeline.balance_decodes)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -104,6 +105,7 @@ class Events:
     queue_moves: int = 0  # queued requests a group member took from a partner's queue
     spare_moves: int = 0  # queued requests `auto` moved to a replica with pages to spare
     exchange_recomputes: int = 0  # running requests recomputed at a drop rather than exchanged
+    decode_moves: int = 0  # decoding requests moved between a group's micro-batches to even their cost
 
 
 class ElasticCluster:
@@ -254,6 +256,9 @@ class ElasticCluster:
             group.next_batch += 1
             if member.index not in self.batch_in_flight:
                 self.events.queue_moves += pipeline.share_queue(group, member, self._deferred_aborts)
+                if self.config.balance_decodes and not self._pinned(group):
+                    self.events.decode_moves += pipeline.balance_decodes(group, member, self.backend.decode_cost,
+                                                                         self._deferred_aborts)
                 outputs = self._start(member, group.stages)
                 if member.index in self.batch_in_flight or outputs:
                     return outputs
@@ -541,6 +546,13 @@ class ElasticCluster:
                 member.reload_layers()
         for member in dead:
             self._orphans += self._lose(member, exc)
+
+    def _pinned(self, group: pipeline.PipelineGroup) -> bool:
+        """Requests stay with their member while some still wait for their exchanged KV (the sequence
+        caps keep room for them) or while the group is restoring (each member must fit its own)."""
+        transition = self.transition
+        return any(self.exchanging[m.index] for m in group.members) or (
+            transition is not None and transition.group is group)
 
     def _quiet(self, members: list[Replica]) -> bool:
         return not any(m.index in self.busy or m.index in self.batch_in_flight or self.handoffs[m.index]

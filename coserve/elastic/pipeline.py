@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from coserve.elastic.kv_moves import holds_no_pages, move_waiting
+from coserve.elastic.kv_moves import holds_no_pages, move_request, move_waiting
 from coserve.elastic.replica import Replica
 from coserve.elastic.stage_plan import StageCosts
 
@@ -74,6 +74,49 @@ def share_queue(group: PipelineGroup, member: Replica, pending_aborts: set[str] 
             move_waiting(donor, member, request)
         moved += len(taken)
     return moved
+
+
+def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_aborts: set[str] = frozenset()
+                    ) -> int:
+    """Even out the micro-batches' decode work (KunServe's decode balance, by predicted cost rather
+    than by count). Pages and KV belong to the group, so a decoding request can move from one
+    member's scheduler to another's for nothing: every stage already holds its KV. The member about
+    to start a micro-batch hands its newest decodes to the partner whose decodes cost least, while
+    that lowers the costlier of the two. `decode_cost(rows, context)` is the backend's prediction
+    of a micro-batch of `rows` decodes reading `context` cached tokens. A member never takes more
+    than its sequence cap. Returns how many moved.
+
+    Only while no member has a queue: with one, every micro-batch fills its token budget with
+    prefill, which evens them, and moving decodes would only change how much prefill each takes."""
+    if any(m.scheduler.waiting for m in group.members):
+        return 0
+    mine = [r for r in member.scheduler.running if r.num_computed_tokens >= r.num_prompt_tokens]
+    partners = [m for m in group.members if m is not member]
+    load = {m.index: _decode_load(m) for m in group.members}
+    moved = 0
+    while mine and mine[-1].request_id not in pending_aborts:
+        open_partners = [m for m in partners if m.scheduler.num_running < m.scheduler.config.max_num_seqs]
+        if not open_partners:
+            break
+        dst = min(open_partners, key=lambda m: decode_cost(*load[m.index]))
+        (rows, context), (dst_rows, dst_context) = load[member.index], load[dst.index]
+        request = mine[-1]
+        before = max(decode_cost(rows, context), decode_cost(dst_rows, dst_context))
+        after = max(decode_cost(rows - 1, context - request.num_computed_tokens),
+                    decode_cost(dst_rows + 1, dst_context + request.num_computed_tokens))
+        if after >= before:
+            break
+        move_request(member, dst, mine.pop())
+        load[member.index] = (rows - 1, context - request.num_computed_tokens)
+        load[dst.index] = (dst_rows + 1, dst_context + request.num_computed_tokens)
+        moved += 1
+    return moved
+
+
+def _decode_load(member: Replica) -> tuple[int, int]:
+    """A member's decoding requests: how many, and the cached tokens they read."""
+    decodes = [r for r in member.scheduler.running if r.num_computed_tokens >= r.num_prompt_tokens]
+    return len(decodes), sum(r.num_computed_tokens for r in decodes)
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:

@@ -57,6 +57,13 @@ class SimBackend:
             seconds += self.hw.collective_latency_s + hidden_bytes / self.peer_bytes_per_s
         return seconds
 
+    def decode_cost(self, rows: int, context: int) -> float:
+        """A micro-batch of `rows` decodes reading `context` cached tokens, through every layer."""
+        if rows <= 0:
+            return 0.0
+        shape = BatchShape(rows, rows, context + rows, context)
+        return self._roofline.seconds(MODEL_KEY, shape, 1.0, (0, self.spec.num_layers))
+
     def start(self, index: int, seconds: float, result) -> None:
         if index in self._ends:
             raise RuntimeError(f"replica {index} already runs a stage")
