@@ -1,22 +1,28 @@
-"""A load burst on 8 replicas of a 14B model, simulated: recompute, swap, migrate, drop and auto.
+"""A load burst on simulated replicas: recompute, swap, migrate, drop and auto.
 
 The same `ElasticCluster` as on the real engine, over simulated replicas whose stages a roofline model
-times (coserve.simulator.elastic_replay). Model: Qwen2.5-14B's shape in float16 (29.5 GB of weights,
-192 KiB of KV per token), one GPU per replica, 90% of each GPU's memory as its budget. Swap crosses
-the GPU's PCIe link, migration, exchange and restore its NVLink. Arrivals and lengths are a window of
-the Azure LLM inference 2023 traces, scaled up TraceUpscaler-style (each request becomes floor(s) or
-ceil(s) requests, arrivals jittered within a second) until the burst overflows the replicas' KV.
+times (coserve.simulator.elastic_replay). Two set-ups, KunServe's two: `14b`, 8 replicas of
+Qwen2.5-14B's shape in float16 (29.5 GB of weights, 192 KiB of KV per token), one GPU each; and
+`70b-tp4`, 2 replicas of Llama-2-70B's shape (138 GB, 320 KiB per token) on 4 GPUs each, tensor
+parallel. A replica's budget is 90% of its GPUs' memory. Swap crosses the GPUs' PCIe links,
+migration, exchange and restore their NVLink (a replica's links add up over its GPUs, each of which
+moves its own shard). Arrivals and lengths are a window of the Azure LLM inference 2023 traces, scaled
+up TraceUpscaler-style (each request becomes floor(s) or ceil(s) requests, arrivals jittered within a
+second) until the burst overflows the replicas' KV.
 
-Usage: python benchmarks/burst_cluster.py [--gpus A100-80GB H100-80GB] [--scenarios azure-conv ...]
+Usage: python benchmarks/burst_cluster.py [--setup 14b|70b-tp4] [--gpus A100-80GB H100-80GB]
+       [--scenarios azure-conv ...]
 Prints a table per scenario, writes JSON and timeline PNGs, and ends with one line of JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +38,39 @@ from coserve.simulator.elastic_replay import SimBackend, replay_elastic
 from coserve.workload import WorkloadRequest
 from coserve.workload.traces import load_trace
 
-MODEL = "qwen2.5-14b"
-# name -> (trace, window start in the trace's seconds, window length, upscale factor, output length
-# factor). Windows sit around each trace's busiest minutes; the factors put the KV demand of the burst
-# above what the replicas hold. The last is not a real trace: the conversation trace with answers 5x
-# longer (reasoning-length outputs), the memory-bound regime with compute to spare that drop is for.
+# name -> (trace, window start in the trace's seconds, window length, upscale factor for `14b`, output
+# length factor). Windows sit around each trace's busiest minutes; the factors put the KV demand of the
+# burst above what the replicas hold. The last is not a real trace: the conversation trace with answers
+# 5x longer (reasoning-length outputs), the memory-bound regime with compute to spare that drop is for.
 SCENARIOS = {"azure-conv": ("azure-conv", 1560.0, 60.0, 20.0, 1),
              "azure-code": ("azure-code", 840.0, 60.0, 10.0, 1),
              "azure-conv-long-outputs": ("azure-conv", 1560.0, 60.0, 7.0, 5)}
 REAL_TRACES = ("azure-conv", "azure-code")
 
 
+@dataclass(frozen=True)
+class Setup:
+    model: str
+    tp: int  # GPUs per replica
+    replicas: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    scales: dict[str, float] = field(default_factory=dict)  # upscale factors that differ from SCENARIOS'
+    plot_prefix: str = "burst_cluster"
+
+
+# 70b-tp4: a replica serves five times the FLOPs per token on four GPUs, so its bursts are scaled less.
+# Its sequence cap lets the running requests outgrow its KV (519k tokens): at vLLM's 256 the cap binds
+# first, the queue is for sequence slots, and no strategy acts (docs/benchmarks.md).
+SETUPS = {"14b": Setup("qwen2.5-14b", 1, 8, 256, 4096),
+          "70b-tp4": Setup("llama2-70b", 4, 2, 1024, 8192,
+                           {"azure-conv": 8.0, "azure-code": 3.0, "azure-conv-long-outputs": 4.5},
+                           "burst_cluster_70b-tp4")}
+MODEL = SETUPS["14b"].model
+
+
 def workload(trace_name: str, start: float, seconds: float, scale: float, output_factor: int = 1,
-             seed: int = 0) -> list[WorkloadRequest]:
+             seed: int = 0, model: str = MODEL) -> list[WorkloadRequest]:
     trace = load_trace(trace_name)
     rows = np.flatnonzero((trace.timestamps >= start) & (trace.timestamps < start + seconds))
     rng = np.random.default_rng(seed)
@@ -55,18 +81,19 @@ def workload(trace_name: str, start: float, seconds: float, scale: float, output
             t = trace.timestamps[row] - start + rng.random()
             requests.append((t, int(trace.input_lens[row]), max(1, output_factor * int(trace.output_lens[row]))))
     requests.sort()
-    return [WorkloadRequest(i, MODEL, t, min(n_in, 8000), n_out) for i, (t, n_in, n_out) in enumerate(requests)]
+    return [WorkloadRequest(i, model, t, min(n_in, 8000), n_out) for i, (t, n_in, n_out) in enumerate(requests)]
 
 
-def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int, **elastic) -> dict:
+def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int, setup: Setup = SETUPS["14b"],
+        **elastic) -> dict:
     """`elastic` overrides the ElasticConfig fields set here (a slower peer link, the exchange choice)."""
     hw = get_hardware(gpu)
-    backend = SimBackend(model_spec(MODEL, MODEL), hw)
-    fields = {"host_bytes_per_s": hw.pcie_bandwidth, "peer_bytes_per_s": hw.nvlink_bandwidth, **elastic}
-    config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=int(0.9 * hw.memory_bytes),
-                           max_group_size=2, **fields)
-    engine = EngineConfig(model=MODEL, dtype="float16", device="cuda", max_num_seqs=256,
-                          max_num_batched_tokens=4096)
+    backend = SimBackend(model_spec(setup.model, setup.model), hw, tp=setup.tp)
+    links = {"host_bytes_per_s": setup.tp * hw.pcie_bandwidth, "peer_bytes_per_s": setup.tp * hw.nvlink_bandwidth}
+    config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=int(0.9 * setup.tp * hw.memory_bytes),
+                           max_group_size=2, **{**links, **elastic})
+    engine = EngineConfig(model=setup.model, dtype="float16", device="cuda", max_num_seqs=setup.max_num_seqs,
+                          max_num_batched_tokens=setup.max_num_batched_tokens)
     cluster = ElasticCluster(engine, config, clock=backend.clock, backend=backend)
     capacity = sum(r.independent_pages for r in cluster.replicas)
     timeline: list[dict] = []
@@ -121,13 +148,16 @@ def _ttft_over_time(timeline: list[dict], records) -> None:
 
 
 def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: float | None,
-             plot_dir: Path) -> dict:
+             plot_dir: Path, setup: Setup = SETUPS["14b"]) -> dict:
     trace, start, default_seconds, default_scale, output_factor = SCENARIOS[name]
-    scale, seconds = scale or default_scale, seconds or default_seconds
-    burst = workload(trace, start, seconds, scale, output_factor)
-    results = {s: run(s, gpu, burst, replicas) for s in STRATEGIES}
-    calm = run("drop", gpu, workload(trace, start, seconds, scale / 4, output_factor), replicas)
-    title = f"{name} on {replicas}x {gpu}, x{scale:g} ({len(burst)} requests in {seconds:g} s)"
+    scale = scale or setup.scales.get(name, default_scale)
+    seconds = seconds or default_seconds
+    burst = workload(trace, start, seconds, scale, output_factor, model=setup.model)
+    results = {s: run(s, gpu, burst, replicas, setup) for s in STRATEGIES}
+    calm = run("drop", gpu, workload(trace, start, seconds, scale / 4, output_factor, model=setup.model), replicas,
+               setup)
+    mesh = f"{replicas}x {gpu}" if setup.tp == 1 else f"{replicas} replicas of {setup.tp}x {gpu} (TP={setup.tp})"
+    title = f"{setup.model} on {mesh}: {name}, x{scale:g} ({len(burst)} requests in {seconds:g} s)"
     print(f"\n{title}")
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>7} "
           f"{'queued':>7} {'peak demand':>11} {'busy':>5} {'wall s':>6} events")
@@ -146,7 +176,7 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
     print("p99 TTFT over drop's: " + ", ".join(f"{s} {v:.2f}x" for s, v in ratios.items())
           + f"; drop's p99 TPOT over recompute's: {tpot_ratio:.2f}x; best baseline's p99 TTFT over auto's: "
           + f"{best_over_auto:.2f}x")
-    png = plot_dir / f"burst_cluster_{name}_{gpu}.png"
+    png = plot_dir / f"{setup.plot_prefix}_{name}_{gpu}.png"
     plot_timelines({s: r["timeline"] for s, r in results.items()},
                    [("demand", "KV demand / capacity"), ("queued", "requests queued"), ("ttft", "worst TTFT (s)")],
                    png, title)
@@ -157,24 +187,33 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", default="14b", choices=list(SETUPS))
     parser.add_argument("--gpus", nargs="+", default=["A100-80GB", "H100-80GB"])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--scale", type=float, default=None, help="upscale factor (default: per trace)")
+    parser.add_argument("--replicas", type=int, default=None, help="default: the set-up's")
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="each replica's sequence cap (default: the set-up's)")
+    parser.add_argument("--scale", type=float, default=None, help="upscale factor (default: per trace and set-up)")
     parser.add_argument("--seconds", type=float, default=None, help="window length (default: per trace)")
-    parser.add_argument("--out", default="results/burst_cluster.json")
+    parser.add_argument("--out", default=None, help="default: results/burst_cluster[_SETUP].json")
     parser.add_argument("--plots", default="docs/img", help="where the timeline PNGs go")
     args = parser.parse_args()
-    scenarios = [scenario(t, g, args.replicas, args.scale, args.seconds, Path(args.plots))
+    setup = SETUPS[args.setup]
+    if args.max_num_seqs is not None:
+        setup = dataclasses.replace(setup, max_num_seqs=args.max_num_seqs,
+                                    plot_prefix=f"{setup.plot_prefix}_seqs{args.max_num_seqs}")
+    replicas = args.replicas or setup.replicas
+    scenarios = [scenario(t, g, replicas, args.scale, args.seconds, Path(args.plots), setup)
                  for t in args.scenarios for g in args.gpus]
     print("\nbest baseline's p99 TTFT over drop's: "
           + ", ".join(f"{s['scenario']}/{s['gpu']} {s['best_baseline_over_drop_p99_ttft']:.2f}x" for s in scenarios))
     # the headline counts the real traces only (the best of them, as the paper's "up to")
     real = [s for s in scenarios if s["scenario"] in REAL_TRACES] or scenarios
     best = max(real, key=lambda s: s["best_baseline_over_drop_p99_ttft"])
-    out = Path(args.out)
+    out = Path(args.out or f"results/{setup.plot_prefix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "scenarios": scenarios}, indent=1))
+    out.write_text(json.dumps({"args": vars(args), "setup": dataclasses.asdict(setup), "scenarios": scenarios},
+                              indent=1))
     print(json.dumps({"best_baseline_over_drop_p99_ttft": round(best["best_baseline_over_drop_p99_ttft"], 3)}))
 
 
