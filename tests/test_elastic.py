@@ -197,6 +197,10 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
     config, prompts, _, budget = tiny
     with pytest.raises(ConfigError, match="strategy"):
         ElasticConfig("teleport")
+    with pytest.raises(ConfigError, match="balance_decodes must be true or false"):
+        ElasticConfig("drop", balance_decodes="yes")
+    with pytest.raises(ConfigError, match="recompute_if_cheaper"):
+        ElasticConfig("drop", recompute_if_cheaper=1)
     with pytest.raises(ConfigError, match="no room for KV"):
         ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=1000))
     with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=budget)) as cluster:

@@ -66,6 +66,9 @@ class ElasticConfig:
             raise ConfigError(f"max_group_size must be >= 2, got {self.max_group_size!r}")
         if not 0 < self.restore_below < 1:
             raise ConfigError(f"restore_below must be in (0, 1), got {self.restore_below!r}")
+        for name in ("recompute_if_cheaper", "balance_decodes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
