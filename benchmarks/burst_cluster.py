@@ -195,7 +195,7 @@ def main() -> None:
                         help="each replica's sequence cap (default: the set-up's)")
     parser.add_argument("--scale", type=float, default=None, help="upscale factor (default: per trace and set-up)")
     parser.add_argument("--seconds", type=float, default=None, help="window length (default: per trace)")
-    parser.add_argument("--out", default=None, help="default: results/burst_cluster[_SETUP].json")
+    parser.add_argument("--out", default=None, help="default: results/burst_cluster[_SETUP][_seqsN].json")
     parser.add_argument("--plots", default="docs/img", help="where the timeline PNGs go")
     args = parser.parse_args()
     setup = SETUPS[args.setup]

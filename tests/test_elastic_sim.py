@@ -263,7 +263,9 @@ def test_a_restore_pulls_weights_while_the_group_serves_then_switches():
             return
         batches = {id(flight.out) for flight in cluster.busy.values()}
         if not windows or windows[-1]["ready_at"] != transition.ready_at:
-            windows.append({"start": now, "ready_at": transition.ready_at, "first": batches, "new": False})
+            windows.append({"start": now, "ready_at": transition.ready_at, "first": batches, "new": False,
+                            "moves": cluster.events.decode_moves})
+        assert cluster.events.decode_moves == windows[-1]["moves"]  # each member keeps its requests
         assert cluster.replicas[0].kv.pool.capacity(transition.group.owner) == 600
         if now < transition.ready_at and batches - windows[-1]["first"]:
             windows[-1]["new"] = True  # a batch that started after the restore was decided
@@ -321,6 +323,7 @@ def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run()
     recompute some instead is off, as by default; the next tests check it)."""
     cluster, backend = _cluster("drop", replicas=2, peer_bytes_per_s=2e9, recompute_if_cheaper=False)
     seen: dict = {"ready": {}}
+    pinned: dict = {}
 
     def watch(now: float) -> None:
         for member_index, queue in cluster.exchanging.items():
@@ -341,6 +344,10 @@ def test_after_a_drop_requests_whose_kv_crosses_wait_for_it_while_new_ones_run()
                     pages = sum(len(member.kv.block_tables[r.request_id]) for _, r in line)
                     moved = SPEC.num_layers - (end - start)
                     assert line[-1][0] - seen["drop"] == pytest.approx(pages * moved * PAGE / 2e9)
+        parked_now = any(cluster.exchanging.values())
+        if parked_now and pinned.get("parked"):  # requests stay with their member meanwhile
+            assert cluster.events.decode_moves == pinned["moves"]
+        pinned.update(parked=parked_now, moves=cluster.events.decode_moves)
         for flight in cluster.busy.values():
             for item in flight.out.scheduled:
                 ready = seen["ready"].get(item.request.request_id)
@@ -452,13 +459,17 @@ def test_balanced_micro_batches_read_evener_context_and_serve_the_burst():
 
 
 def _decode_context_spread(balance: bool) -> float:
-    """The mean relative gap between a pair's decode contexts over a burst, which it serves in full."""
+    """The mean relative gap between a pair's decode contexts while neither has a queue, over a
+    burst that it serves in full."""
     cluster, backend = _cluster("drop", replicas=2, balance_decodes=balance)
     gaps: list[float] = []
 
     def watch(now: float) -> None:
         for group in {id(g): g for g in cluster.groups.values()}.values():
-            contexts = [sum(r.num_computed_tokens for r in m.scheduler.running) for m in group.members]
+            if any(m.scheduler.waiting for m in group.members):
+                continue  # the micro-batches fill with prefill: not balanced, by design
+            contexts = [sum(r.num_computed_tokens for r in m.scheduler.running
+                            if r.num_tokens - r.num_computed_tokens == 1) for m in group.members]
             if sum(contexts):
                 gaps.append(abs(contexts[0] - contexts[1]) / sum(contexts))
 
@@ -467,3 +478,20 @@ def _decode_context_spread(balance: bool) -> float:
     assert all(r.success for r in records) and len(records) == len(requests)
     assert (cluster.events.decode_moves > 0) == balance
     return float(np.mean(gaps))
+
+
+def test_requests_recomputed_at_a_drop_queue_oldest_first():
+    """Each recomputed request goes to the head of its member's queue, so they are handed over
+    newest first and the oldest is prefilled first, as the rule's line assumes (and as the
+    scheduler's own preemption leaves them)."""
+    from coserve.elastic import pipeline
+    from coserve.elastic.memory_source import PrefillSpeed
+
+    cluster, _ = _cluster("drop", replicas=2, peer_bytes_per_s=1e6, recompute_if_cheaper=True)
+    first, second = cluster.replicas
+    _decoding(first, [100, 200, 300], "a")
+    cluster.prefill_speed[first.index] = PrefillSpeed(1000, 1e-3)  # 1 us a token: recomputing is cheaper
+    cluster._recompute_cheaper_than_exchange([first, second], pipeline.layer_split(32, 2))
+    assert [r.request_id for r in first.scheduler.waiting] == ["a0", "a1", "a2"]
+    assert not first.scheduler.running and not any(first.kv.block_tables.values())
+    assert cluster.events.exchange_recomputes == 3

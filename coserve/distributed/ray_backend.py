@@ -93,7 +93,9 @@ class RayBackend:
         self._own_groups: list[PlacementGroup] = []
         self.replicas: list[RemoteReplica] = []
 
-    decode_cost = staticmethod(decode_rows)  # the workers are CPU lanes (no CUDA workers yet)
+    # rows, as for CPU lanes: a CUDA worker's decode is memory-bound and would be priced by the context
+    # it reads, which has not been measured on a GPU (README: CUDA workers are not done)
+    decode_cost = staticmethod(decode_rows)
 
     def make_replica(self, engine_config: EngineConfig, index: int, config: ElasticConfig,
                      pool_for: Callable[[int], BlockPool], clock) -> RemoteReplica:

@@ -301,7 +301,8 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                # drop and auto read it; a pipeline's time includes waits behind other micro-batches
+                # auto's swap rule and the exchange-or-recompute choice read it; a pipeline's time
+                # includes waits behind other micro-batches
                 if self.config.strategy in ("drop", "auto") and len(flight.stages) == 1:
                     elapsed = self.clock() - flight.started - flight.stall_s
                     self.prefill_speed[flight.engine.index].record(flight.out, elapsed)
@@ -489,10 +490,11 @@ class ElasticCluster:
         queued_share = sum(m.scheduler.num_waiting for m in members) / len(members)
         for member, (start, end) in zip(members, ranges):
             speed = self.prefill_speed[member.index]
-            for request in memory_source.recompute_instead_of_exchange(
-                    member, end - start, self.config.peer_bytes_per_s, speed, queued_share):
+            chosen = memory_source.recompute_instead_of_exchange(member, end - start, self.config.peer_bytes_per_s,
+                                                                 speed, queued_share)
+            for request in reversed(chosen):  # each goes to the queue's head: the oldest ends up first
                 member.scheduler.recompute(request)
-                self.events.exchange_recomputes += 1
+            self.events.exchange_recomputes += len(chosen)
 
     def _park_exchanged(self, group: pipeline.PipelineGroup, now: float) -> None:
         """KunServe's live exchange: each running request whose KV crossed waits out its transfer,

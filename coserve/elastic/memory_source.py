@@ -7,8 +7,9 @@ the cheaper of the two wins, the prefill time read off the replica's own prefill
 (so the same rule holds on this CPU, on a GPU and on the simulator's clock). What no replica has to
 spare, dropping layers makes (KunServe), as in the `drop` strategy.
 
-The same timed prefill speed decides, at a drop under `drop` or `auto`, which running requests
-exchange their KV with the partner that keeps their layers and which are cheaper to recompute.
+With `ElasticConfig.recompute_if_cheaper`, the same timed prefill speed decides at a drop (under
+`drop` or `auto`) which running requests exchange their KV with the partner that keeps their layers
+and which are cheaper to recompute.
 """
 
 from __future__ import annotations

@@ -90,11 +90,11 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
     prefill, which evens them, and moving decodes would only change how much prefill each takes."""
     if any(m.scheduler.waiting for m in group.members):
         return 0
-    mine = [r for r in member.scheduler.running if r.num_computed_tokens >= r.num_prompt_tokens]
+    mine = [r for r in _decodes(member) if r.request_id not in pending_aborts]
     partners = [m for m in group.members if m is not member]
     load = {m.index: _decode_load(m) for m in group.members}
     moved = 0
-    while mine and mine[-1].request_id not in pending_aborts:
+    while mine:
         open_partners = [m for m in partners if m.scheduler.num_running < m.scheduler.config.max_num_seqs]
         if not open_partners:
             break
@@ -113,9 +113,14 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
     return moved
 
 
+def _decodes(member: Replica) -> list:
+    """Its running requests whose next step computes one token (not a prompt, nor a recompute)."""
+    return [r for r in member.scheduler.running if r.num_tokens - r.num_computed_tokens == 1]
+
+
 def _decode_load(member: Replica) -> tuple[int, int]:
     """A member's decoding requests: how many, and the cached tokens they read."""
-    decodes = [r for r in member.scheduler.running if r.num_computed_tokens >= r.num_prompt_tokens]
+    decodes = _decodes(member)
     return len(decodes), sum(r.num_computed_tokens for r in decodes)
 
 
