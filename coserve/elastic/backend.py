@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 def decode_rows(rows: int, context: int) -> float:
     """A CPU lane's decode micro-batch costs about its row count: a row's matmuls outweigh its
-    attention (a SmolLM2 row adds ~4 ms of GEMV to a step; reading 300 cached tokens of all 30
-    layers' KV, 14 MB, takes ~0.5 ms at this VM's ~30 GB/s)."""
+    attention (a SmolLM2 row adds ~5 ms of GEMV to a step, benchmarks/cpu_gemv.py; reading 300
+    cached tokens of all 30 layers' KV, 14 MB, takes ~0.5 ms at this VM's ~30 GB/s)."""
     return float(rows)
 
 

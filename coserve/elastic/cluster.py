@@ -148,6 +148,8 @@ class ElasticCluster:
         self._capacity_by_size: dict[int, int] = {}
         self._seq_caps: dict[int, int] = {}  # max_num_seqs of members with parked requests
         self.prefill_speed = {r.index: memory_source.PrefillSpeed() for r in self.replicas}
+        # read by auto's swap rule and by the exchange-or-recompute choice at a drop
+        self._times_prefill = config.strategy == "auto" or (config.strategy == "drop" and config.recompute_if_cheaper)
         if config.strategy in ("swap", "auto"):
             for replica in self.replicas:
                 replica.scheduler.preempt_hook = self._swap_hook(replica)
@@ -301,9 +303,8 @@ class ElasticCluster:
                 self.handoffs[flight.stages[flight.stage][0].index].append(flight)
             else:
                 self.batch_in_flight.discard(flight.engine.index)
-                # auto's swap rule and the exchange-or-recompute choice read it; a pipeline's time
-                # includes waits behind other micro-batches
-                if self.config.strategy in ("drop", "auto") and len(flight.stages) == 1:
+                # a pipeline's time includes waits behind other micro-batches
+                if self._times_prefill and len(flight.stages) == 1:
                     elapsed = self.clock() - flight.started - flight.stall_s
                     self.prefill_speed[flight.engine.index].record(flight.out, elapsed)
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coserve.elastic.kv_moves import holds_no_pages, move_waiting
+from coserve.elastic.pipeline import exchange_seconds_per_page
 from coserve.elastic.router import queued_pages
 from coserve.engine.kv_cache_manager import cdiv
 from coserve.engine.request import Request
@@ -62,14 +63,14 @@ def recompute_instead_of_exchange(member, kept_layers: int, link_bytes_per_s: fl
     that adds the least waiting in all: its own wait there, plus its time for every request that
     may still join that line after it and, for a re-prefill, for every queued request. Until a
     prefill has been timed, every request is exchanged (KunServe's choice)."""
-    page_s = (member.spec.num_layers - kept_layers) * member.page_bytes_per_layer / link_bytes_per_s
+    if speed.tokens == 0:
+        return []
+    page_s = exchange_seconds_per_page(member, kept_layers, link_bytes_per_s)
     holding = [(r, len(member.kv.block_tables.get(r.request_id, ()))) for r in member.scheduler.running]
     holding = [(request, pages) for request, pages in holding if pages]
     recomputed, link_free_at, compute_free_at = [], 0.0, 0.0
     for position, (request, pages) in enumerate(holding):
         recompute_s = speed.seconds_for(request.num_computed_tokens)
-        if recompute_s is None:
-            return []
         transfer = pages * page_s
         later = len(holding) - position - 1  # an upper bound on who joins either line after it
         exchange_cost = link_free_at + transfer * (1 + later)

@@ -90,25 +90,26 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
     prefill, which evens them, and moving decodes would only change how much prefill each takes."""
     if any(m.scheduler.waiting for m in group.members):
         return 0
-    mine = [r for r in _decodes(member) if r.request_id not in pending_aborts]
+    decodes = {m.index: _decodes(m) for m in group.members}
+    load = {index: (len(reqs), sum(r.num_computed_tokens for r in reqs)) for index, reqs in decodes.items()}
+    cost = {index: decode_cost(*rows_context) for index, rows_context in load.items()}
+    mine = [r for r in decodes[member.index] if r.request_id not in pending_aborts]
     partners = [m for m in group.members if m is not member]
-    load = {m.index: _decode_load(m) for m in group.members}
     moved = 0
     while mine:
         open_partners = [m for m in partners if m.scheduler.num_running < m.scheduler.config.max_num_seqs]
         if not open_partners:
             break
-        dst = min(open_partners, key=lambda m: decode_cost(*load[m.index]))
+        dst = min(open_partners, key=lambda m: cost[m.index])
         (rows, context), (dst_rows, dst_context) = load[member.index], load[dst.index]
-        request = mine[-1]
-        before = max(decode_cost(rows, context), decode_cost(dst_rows, dst_context))
-        after = max(decode_cost(rows - 1, context - request.num_computed_tokens),
-                    decode_cost(dst_rows + 1, dst_context + request.num_computed_tokens))
-        if after >= before:
+        tokens = mine[-1].num_computed_tokens
+        shrunk, grown = (rows - 1, context - tokens), (dst_rows + 1, dst_context + tokens)
+        after = (decode_cost(*shrunk), decode_cost(*grown))
+        if max(after) >= max(cost[member.index], cost[dst.index]):
             break
         move_request(member, dst, mine.pop())
-        load[member.index] = (rows - 1, context - request.num_computed_tokens)
-        load[dst.index] = (dst_rows + 1, dst_context + request.num_computed_tokens)
+        load[member.index], load[dst.index] = shrunk, grown
+        cost[member.index], cost[dst.index] = after
         moved += 1
     return moved
 
@@ -118,10 +119,9 @@ def _decodes(member: Replica) -> list:
     return [r for r in member.scheduler.running if r.num_tokens - r.num_computed_tokens == 1]
 
 
-def _decode_load(member: Replica) -> tuple[int, int]:
-    """A member's decoding requests: how many, and the cached tokens they read."""
-    decodes = _decodes(member)
-    return len(decodes), sum(r.num_computed_tokens for r in decodes)
+def exchange_seconds_per_page(member: Replica, kept_layers: int, link_bytes_per_s: float) -> float:
+    """At a drop, one of the member's pages crosses the link for every layer it gives up."""
+    return (member.spec.num_layers - kept_layers) * member.page_bytes_per_layer / link_bytes_per_s
 
 
 def layer_split(num_layers: int, num_members: int) -> list[tuple[int, int]]:
@@ -152,7 +152,7 @@ def drop(members: list[Replica], link_bytes_per_s: float, ranges: list[tuple[int
         for other, (other_start, other_end) in zip(members, ranges):
             if other is not member:
                 exchanged += member.kv_cache.copy_to(other.kv_cache, list(range(other_start, other_end)), pages)
-        page_s = (member.spec.num_layers - (end - start)) * member.page_bytes_per_layer / link_bytes_per_s
+        page_s = exchange_seconds_per_page(member, end - start, link_bytes_per_s)
         for request_id, table in member.kv.block_tables.items():
             if table:
                 group.exchange_s[request_id] = len(table) * page_s

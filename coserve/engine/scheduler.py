@@ -179,10 +179,7 @@ class Scheduler:
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         self.short_of_pages = True
-        self.running.remove(victim)
-        victim.status = RequestStatus.PREEMPTED
-        victim.num_preemptions += 1
-        self.num_preemptions += 1
+        self._stop_running(victim)
         out.preempted.append(victim)
         if self.preempt_hook is not None and self.preempt_hook(victim):
             return
@@ -191,11 +188,14 @@ class Scheduler:
     def recompute(self, request: Request) -> None:
         """Preempt a running request from outside a step (its KV is not worth keeping): its pages
         are freed and it waits at the head of the queue to be prefilled again."""
-        self.running.remove(request)
-        request.status = RequestStatus.PREEMPTED
-        request.num_preemptions += 1
-        self.num_preemptions += 1
+        self._stop_running(request)
         self._requeue_for_recompute(request)
+
+    def _stop_running(self, victim: Request) -> None:
+        self.running.remove(victim)
+        victim.status = RequestStatus.PREEMPTED
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
 
     def _requeue_for_recompute(self, victim: Request) -> None:
         self.kv.free(victim)
