@@ -201,6 +201,8 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
         ElasticConfig("drop", balance_decodes="yes")
     with pytest.raises(ConfigError, match="recompute_if_cheaper"):
         ElasticConfig("drop", recompute_if_cheaper=1)
+    with pytest.raises(ConfigError, match="share_pages must be true or false"):
+        ElasticConfig("drop", share_pages=None)
     with pytest.raises(ConfigError, match="no room for KV"):
         ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=1000))
     with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=budget)) as cluster:

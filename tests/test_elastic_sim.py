@@ -450,6 +450,39 @@ def test_a_member_hands_its_newest_decodes_to_the_cheapest_partner_while_that_ev
     assert [r.request_id for r in first.scheduler.running] == ["a0", "a1", "a2", "c1"]
 
 
+def test_while_pages_are_short_each_micro_batch_admits_its_share_of_those_left():
+    """Both members queue a 600-token prompt (38 pages) and the group has 40 pages left. Alone the
+    first member to start takes 38 and its partner's micro-batch finds no room. With the share the
+    first admits half the 40 pages' worth (320 tokens) and the partner half of the 20 then left
+    (160), each leaving room for the micro-batch formed after it, so both carry prefill. With pages
+    to spare the budget is the even split of the step budget (2048 / 2)."""
+    from coserve.elastic import pipeline
+
+    def two_micro_batches(share: bool) -> list[int]:
+        cluster, _ = _cluster("drop", replicas=2)
+        first, second = cluster.replicas
+        group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
+        pool = first.kv.pool
+        pool.set_limit(group.owner, 40)
+        tokens = []
+        for member, request_id in ((first, "a"), (second, "b")):
+            _request(member, request_id, 600)
+            if share:
+                pipeline.share_pages(group, member)
+            tokens.append(member.scheduler.schedule().num_tokens)
+        assert pool.used_by[group.owner] <= 40
+        return tokens
+
+    assert two_micro_batches(share=False) == [600, 0]
+    assert two_micro_batches(share=True) == [320, 160]
+
+    cluster, _ = _cluster("drop", replicas=2)
+    first, second = cluster.replicas
+    group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
+    pipeline.share_pages(group, first)
+    assert first.scheduler.config.max_num_batched_tokens == 1024
+
+
 def test_balanced_micro_batches_read_evener_context_and_serve_the_burst():
     """On the roofline the decode micro-batches of a group are memory-bound, so their cost is the
     context they read: with balancing the members' decode contexts differ less than without, and

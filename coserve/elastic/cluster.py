@@ -53,6 +53,7 @@ class ElasticConfig:
     # on slow links the choice trades that for a lower p99 TPOT
     recompute_if_cheaper: bool = False
     balance_decodes: bool = True  # even the micro-batches' decode cost within a group (pipeline.balance_decodes)
+    share_pages: bool = True  # while a group is short of pages, each micro-batch admits 1/g of those left
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,7 +67,7 @@ class ElasticConfig:
             raise ConfigError(f"max_group_size must be >= 2, got {self.max_group_size!r}")
         if not 0 < self.restore_below < 1:
             raise ConfigError(f"restore_below must be in (0, 1), got {self.restore_below!r}")
-        for name in ("recompute_if_cheaper", "balance_decodes"):
+        for name in ("recompute_if_cheaper", "balance_decodes", "share_pages"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -264,6 +265,8 @@ class ElasticCluster:
                 if self.config.balance_decodes and not self._pinned(group):
                     self.events.decode_moves += pipeline.balance_decodes(group, member, self.backend.decode_cost,
                                                                          self._deferred_aborts)
+                if self.config.share_pages:
+                    pipeline.share_pages(group, member)
                 outputs = self._start(member, group.stages)
                 if member.index in self.batch_in_flight or outputs:
                     return outputs

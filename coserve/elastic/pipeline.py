@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from coserve.elastic.kv_moves import holds_no_pages, move_request, move_waiting
 from coserve.elastic.replica import Replica
 from coserve.elastic.stage_plan import StageCosts
+from coserve.engine.kv_cache_manager import cdiv
 
 
 @dataclass
@@ -112,6 +113,20 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
         cost[member.index], cost[dst.index] = after
         moved += 1
     return moved
+
+
+def share_pages(group: PipelineGroup, member: Replica) -> None:
+    """Set the step budget of the micro-batch `member` is about to start: its 1/g share of its budget
+    alone (`_split_budgets`), and no more tokens beyond its decodes than its 1/g share of the pages the
+    group has left can hold. While pages are short, the member whose micro-batch formed first would
+    otherwise admit every prompt chunk the free pages hold, and its partners' micro-batches, formed
+    as theirs come back round, find none: one prefill-heavy micro-batch beside decode-only ones holds
+    every lane to its pace (KunServe's lookahead spreads pending prefill over the micro-batches for
+    the same reason). With pages to spare the share never binds."""
+    size = len(group.members)
+    alone = group.token_budgets[group.members.index(member)]
+    pages = cdiv(member.kv.pool.headroom(group.owner), size)
+    _set_step_budget(member, min(alone // size, len(_decodes(member)) + pages * member.kv.block_size))
 
 
 def _decodes(member: Replica) -> list:
@@ -232,9 +247,12 @@ def _split_budgets(group: PipelineGroup) -> None:
     tokens' worth of layers."""
     group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
     for member, budget in zip(group.members, group.token_budgets):
-        # never below a token per sequence: every running decode keeps its place in each step
-        tune_scheduler(member, max_num_batched_tokens=max(budget // len(group.members),
-                                                          member.scheduler.config.max_num_seqs))
+        _set_step_budget(member, budget // len(group.members))
+
+
+def _set_step_budget(member: Replica, tokens: int) -> None:
+    # never below a token per sequence: every running decode keeps its place in each step
+    tune_scheduler(member, max_num_batched_tokens=max(tokens, member.scheduler.config.max_num_seqs))
 
 
 def tune_scheduler(member: Replica, **limits) -> None:
