@@ -13,6 +13,7 @@ from coserve.elastic import ElasticCluster, ElasticConfig
 from coserve.elastic.cluster import STRATEGIES
 from coserve.elastic.router import queued_pages
 from coserve.engine.config import EngineConfig
+from coserve.engine.kv_cache_manager import cdiv
 from coserve.placement.shapes import model_spec
 from coserve.sampling_params import SamplingParams
 from coserve.simulator.elastic_replay import SimBackend, replay_elastic
@@ -451,36 +452,50 @@ def test_a_member_hands_its_newest_decodes_to_the_cheapest_partner_while_that_ev
 
 
 def test_while_pages_are_short_each_micro_batch_admits_its_share_of_those_left():
-    """Both members queue a 600-token prompt (38 pages) and the group has 40 pages left. Alone the
-    first member to start takes 38 and its partner's micro-batch finds no room. With the share the
-    first admits half the 40 pages' worth (320 tokens) and the partner half of the 20 then left
-    (160), each leaving room for the micro-batch formed after it, so both carry prefill. With pages
-    to spare the budget is the even split of the step budget (2048 / 2)."""
+    """Both members queue a 600-token prompt (38 pages) and the group has 40 pages left. Without the
+    share the first member to start takes 38 and its partner's micro-batch finds no room. With it the
+    first admits half the 40 pages' worth (320 tokens); the partner's share comes after the 18 pages
+    the first one's prompt still needs, so it admits one page (16 tokens) and the admitted prompt is
+    never starved. Either way the two requests then finish, one micro-batch each in turn."""
     from coserve.elastic import pipeline
 
-    def two_micro_batches(share: bool) -> list[int]:
+    def micro_batches(share: bool) -> list[int]:
         cluster, _ = _cluster("drop", replicas=2)
-        first, second = cluster.replicas
-        group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
-        pool = first.kv.pool
+        members = cluster.replicas
+        group, _ = pipeline.drop(members, 300e9, pipeline.layer_split(32, 2))
+        pool = members[0].kv.pool
         pool.set_limit(group.owner, 40)
-        tokens = []
-        for member, request_id in ((first, "a"), (second, "b")):
+        for member, request_id in zip(members, "ab"):
             _request(member, request_id, 600)
+            pipeline.tune_scheduler(member, max_num_seqs=16)  # a step's budget floor of one page
+        tokens = []
+        for turn in range(200):
+            member = members[turn % 2]
             if share:
                 pipeline.share_pages(group, member)
-            tokens.append(member.scheduler.schedule().num_tokens)
-        assert pool.used_by[group.owner] <= 40
-        return tokens
+            out = member.scheduler.schedule()
+            member.scheduler.update_from_output(out, {s.request.request_id: 0 for s in out.scheduled
+                                                      if s.completes_known_tokens})
+            tokens.append(out.num_tokens)
+            assert pool.used_by.get(group.owner, 0) <= 40
+            if not any(m.scheduler.has_unfinished_requests() for m in members):
+                return tokens
+        raise AssertionError("the two requests did not finish in 200 micro-batches")
 
-    assert two_micro_batches(share=False) == [600, 0]
-    assert two_micro_batches(share=True) == [320, 160]
+    assert micro_batches(share=False)[:2] == [600, 0]
+    assert micro_batches(share=True)[:2] == [320, 16]
+
+
+def test_the_page_share_is_lifted_when_the_group_dissolves():
+    from coserve.elastic import pipeline
 
     cluster, _ = _cluster("drop", replicas=2)
     first, second = cluster.replicas
     group, _ = pipeline.drop([first, second], 300e9, pipeline.layer_split(32, 2))
     pipeline.share_pages(group, first)
-    assert first.scheduler.config.max_num_batched_tokens == 1024
+    assert first.scheduler.admission_pages == cdiv(group.page_limit, 2)
+    pipeline.restore(group, 300e9)
+    assert first.scheduler.admission_pages is None
 
 
 def test_balanced_micro_batches_read_evener_context_and_serve_the_burst():

@@ -36,6 +36,23 @@ def test_long_prompt_is_chunked_under_the_token_budget_beside_decodes():
     assert run_step(s) == {"short": 1, "long": 1}  # now decoding
 
 
+def test_admission_pages_cap_what_queued_requests_take_but_not_running_ones():
+    """With 4 pages for admissions, a queued 10-token prompt takes 3 whole (pages are not shared)
+    and the next gets the 4 tokens of the last; the step after, with no pages for admissions, the
+    running prompt still gets the rest and the queue is short of pages (held back, not refused)."""
+    s = make(num_blocks=32, block_size=4, budget=64)
+    s.add_request(request("a", 10))
+    s.add_request(request("b", 10))
+    s.admission_pages = 4
+    assert run_step(s) == {"a": 10, "b": 4}
+    s.add_request(request("c", 4))
+    s.admission_pages = 0
+    assert run_step(s) == {"a": 1, "b": 6}
+    assert s.short_of_pages and [r.request_id for r in s.waiting] == ["c"]
+    s.admission_pages = None
+    assert run_step(s) == {"a": 1, "b": 1, "c": 4}
+
+
 def test_newest_running_request_is_preempted_and_recomputed():
     s = make(num_blocks=4, block_size=4, budget=32)
     old, new = request("old", 7), request("new", 7)

@@ -87,8 +87,9 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
     of a micro-batch of `rows` decodes reading `context` cached tokens. A member never takes more
     than its sequence cap. Returns how many moved.
 
-    Only while no member has a queue: with one, every micro-batch fills its token budget with
-    prefill, which evens them, and moving decodes would only change how much prefill each takes."""
+    Only while no member has a queue: with one, the micro-batches fill with prefill (their token
+    budgets, or while pages are short their share of the pages: `share_pages`), and moving decodes
+    would only change how much prefill each takes."""
     if any(m.scheduler.waiting for m in group.members):
         return 0
     decodes = {m.index: _decodes(m) for m in group.members}
@@ -116,17 +117,23 @@ def balance_decodes(group: PipelineGroup, member: Replica, decode_cost, pending_
 
 
 def share_pages(group: PipelineGroup, member: Replica) -> None:
-    """Set the step budget of the micro-batch `member` is about to start: its 1/g share of its budget
-    alone (`_split_budgets`), and no more tokens beyond its decodes than its 1/g share of the pages the
-    group has left can hold. While pages are short, the member whose micro-batch formed first would
-    otherwise admit every prompt chunk the free pages hold, and its partners' micro-batches, formed
-    as theirs come back round, find none: one prefill-heavy micro-batch beside decode-only ones holds
-    every lane to its pace (KunServe's lookahead spreads pending prefill over the micro-batches for
-    the same reason). With pages to spare the share never binds."""
-    size = len(group.members)
-    alone = group.token_budgets[group.members.index(member)]
-    pages = cdiv(member.kv.pool.headroom(group.owner), size)
-    _set_step_budget(member, min(alone // size, len(_decodes(member)) + pages * member.kv.block_size))
+    """Cap the pages the micro-batch `member` is about to start may give to queued requests: a 1/g
+    share of the group's free pages, after those its members' running prompts still need to finish.
+    Micro-batches are formed one at a time; while pages are short, the member that formed first
+    admitted every prompt chunk the free pages held, and its partners' micro-batches, formed next,
+    found none: one prefill-heavy micro-batch beside decode-only ones holds every lane to its pace
+    (KunServe's lookahead spreads pending prefill over the micro-batches for the same reason). The
+    pages a running prompt still needs come first, so a prompt admitted in part is never starved by
+    later admissions. With pages to spare the share is more than a step's budget admits anyway."""
+    needed = sum(_pages_to_finish_prompt(m, r) for m in group.members for r in m.scheduler.running)
+    free = member.kv.pool.headroom(group.owner) - needed
+    member.scheduler.admission_pages = cdiv(max(0, free), len(group.members))
+
+
+def _pages_to_finish_prompt(member: Replica, request) -> int:
+    """The pages a running request still needs for its known tokens (a decode: one at a page
+    boundary)."""
+    return member.kv.blocks_needed(request, request.num_tokens - request.num_computed_tokens)
 
 
 def _decodes(member: Replica) -> list:
@@ -236,6 +243,7 @@ def dissolve(group: PipelineGroup) -> None:
         _reown(member, group.owner, member.name)
     for member, budget in zip(group.members, group.token_budgets):
         tune_scheduler(member, max_num_batched_tokens=budget)
+        member.scheduler.admission_pages = None
     group.members[0].kv.pool.set_limit(group.owner, 0)
 
 
@@ -247,12 +255,9 @@ def _split_budgets(group: PipelineGroup) -> None:
     tokens' worth of layers."""
     group.token_budgets = [m.scheduler.config.max_num_batched_tokens for m in group.members]
     for member, budget in zip(group.members, group.token_budgets):
-        _set_step_budget(member, budget // len(group.members))
-
-
-def _set_step_budget(member: Replica, tokens: int) -> None:
-    # never below a token per sequence: every running decode keeps its place in each step
-    tune_scheduler(member, max_num_batched_tokens=max(tokens, member.scheduler.config.max_num_seqs))
+        # never below a token per sequence: every running decode keeps its place in each step
+        tune_scheduler(member, max_num_batched_tokens=max(budget // len(group.members),
+                                                          member.scheduler.config.max_num_seqs))
 
 
 def tune_scheduler(member: Replica, **limits) -> None:

@@ -69,6 +69,9 @@ class Scheduler:
         # called with a victim before its pages are freed; True means its KV was saved elsewhere
         # (swapped out) and the hook took the request over, so it is not requeued for recompute
         self.preempt_hook: Callable[[Request], bool] | None = None
+        # pages the waiting requests may take in a step (None: as many as the pool gives); a pipeline
+        # group sets it so that one member's micro-batch leaves its partners a share (elastic.pipeline)
+        self.admission_pages: int | None = None
 
     # -- queue management ----------------------------------------------------------------------
 
@@ -161,9 +164,16 @@ class Scheduler:
         return True
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        pages_left = self.admission_pages
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             num_new = self._chunk(request, budget)
+            if pages_left is not None:
+                num_new = min(num_new, self._tokens_within(request, pages_left))
+                if num_new <= 0:  # held back for want of pages, as if the pool had refused them
+                    self.short_of_pages = True
+                    break
+                pages_left -= self.kv.blocks_needed(request, num_new)
             if not self.kv.allocate_slots(request, num_new):
                 if not self._can_ever_fit(request, num_new):
                     self._pop_waiting()
@@ -176,6 +186,11 @@ class Scheduler:
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_new))
             budget -= num_new
+
+    def _tokens_within(self, request: Request, pages: int) -> int:
+        """How many more of the request's tokens `pages` more pages (beside those it holds) hold."""
+        held = len(self.kv.block_tables.get(request.request_id, ()))
+        return (held + pages) * self.kv.block_size - request.num_computed_tokens
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         self.short_of_pages = True
