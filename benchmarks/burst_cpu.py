@@ -45,11 +45,11 @@ def workload(count: int, seconds: float, seed: int = 0) -> list[tuple[float, lis
     return requests
 
 
-def run(strategy: str, requests, kv_pages: int) -> dict:
+def run(strategy: str, requests, kv_pages: int, share_pages: bool = True) -> dict:
     kv_bytes = kv_pages * PAGE_BYTES
     link = kv_bytes / A100_KV_SECONDS
     config = ElasticConfig(strategy, memory_budget_bytes=WEIGHT_BYTES + kv_bytes, host_bytes_per_s=link,
-                           peer_bytes_per_s=link)
+                           peer_bytes_per_s=link, share_pages=share_pages)
     engine = EngineConfig(max_num_seqs=16, max_num_batched_tokens=512, num_threads=1)
     with ElasticCluster(engine, config, lane_cores=[[0], [1]]) as cluster:
         records, timeline = replay(cluster, requests)
@@ -120,14 +120,17 @@ def main() -> None:
     parser.add_argument("--out", default="results/burst_cpu.json")
     parser.add_argument("--plot", default="docs/img/burst_cpu.png", help="the timeline PNG")
     parser.add_argument("--plot-from", default=None, help="only draw the timeline of a saved run's JSON")
+    parser.add_argument("--share-pages", choices=("on", "off"), default="on",
+                        help="ElasticConfig.share_pages for the grouped strategies (the ablation)")
     args = parser.parse_args()
     if args.plot_from:
         plot(json.loads(Path(args.plot_from).read_text())["results"], args.plot)
         return
     burst = workload(args.requests, args.seconds)
     calm = workload(args.requests // 4, args.seconds * 4)  # the same trace window, spread out: no overflow
-    results = {s: run(s, burst, args.kv_pages) for s in STRATEGIES}
-    no_burst = run("drop", calm, args.kv_pages)
+    share = args.share_pages == "on"
+    results = {s: run(s, burst, args.kv_pages, share) for s in STRATEGIES}
+    no_burst = run("drop", calm, args.kv_pages, share)
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>6} "
           f"{'queued':>7} {'errors':>6} events")
     for r in [*results.values(), {**no_burst, "strategy": "no burst"}]:
