@@ -53,7 +53,7 @@ class ElasticConfig:
     # on slow links the choice trades that for a lower p99 TPOT
     recompute_if_cheaper: bool = False
     balance_decodes: bool = True  # even the micro-batches' decode cost within a group (pipeline.balance_decodes)
-    share_pages: bool = True  # while a group is short of pages, each micro-batch admits 1/g of those left
+    share_pages: bool = True  # a group queue takes at most 1/g of the free pages per micro-batch (pipeline.share_pages)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
