@@ -21,6 +21,11 @@ class KVCacheManager:
         held = len(self.block_tables.get(request.request_id, ()))
         return max(0, cdiv(request.num_computed_tokens + num_new_tokens, self.block_size) - held)
 
+    def tokens_within(self, request: Request, pages: int) -> int:
+        """How many more of the request's tokens `pages` more pages (beside those it holds) hold."""
+        held = len(self.block_tables.get(request.request_id, ()))
+        return (held + pages) * self.block_size - request.num_computed_tokens
+
     def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
         """Make room for `num_new_tokens` more tokens; False (nothing taken) if the pool is short."""
         table = self.block_tables.get(request.request_id)

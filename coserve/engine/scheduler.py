@@ -169,7 +169,7 @@ class Scheduler:
             request = self.waiting[0]
             num_new = self._chunk(request, budget)
             if pages_left is not None:
-                num_new = min(num_new, self._tokens_within(request, pages_left))
+                num_new = min(num_new, self.kv.tokens_within(request, pages_left))
                 if num_new <= 0:  # held back for want of pages, as if the pool had refused them
                     self.short_of_pages = True
                     break
@@ -186,11 +186,6 @@ class Scheduler:
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_new))
             budget -= num_new
-
-    def _tokens_within(self, request: Request, pages: int) -> int:
-        """How many more of the request's tokens `pages` more pages (beside those it holds) hold."""
-        held = len(self.kv.block_tables.get(request.request_id, ()))
-        return (held + pages) * self.kv.block_size - request.num_computed_tokens
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
         self.short_of_pages = True
