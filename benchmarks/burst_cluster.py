@@ -57,6 +57,7 @@ class Setup:
     max_num_batched_tokens: int
     scales: dict[str, float] = field(default_factory=dict)  # upscale factors that differ from SCENARIOS'
     plot_prefix: str = "burst_cluster"
+    max_group_size: int = 4  # half of an 8-GPU NVLink node
 
 
 # 70b-tp4: a replica serves five times the FLOPs per token on four GPUs, so its bursts are scaled less.
@@ -65,7 +66,7 @@ class Setup:
 SETUPS = {"14b": Setup("qwen2.5-14b", 1, 8, 256, 4096),
           "70b-tp4": Setup("llama2-70b", 4, 2, 1024, 8192,
                            {"azure-conv": 8.0, "azure-code": 3.0, "azure-conv-long-outputs": 4.5},
-                           "burst_cluster_70b-tp4")}
+                           "burst_cluster_70b-tp4", max_group_size=2)}
 MODEL = SETUPS["14b"].model
 
 
@@ -84,6 +85,13 @@ def workload(trace_name: str, start: float, seconds: float, scale: float, output
     return [WorkloadRequest(i, model, t, min(n_in, 8000), n_out) for i, (t, n_in, n_out) in enumerate(requests)]
 
 
+def history_output_mean(trace_name: str, start: float, output_factor: int = 1) -> float:
+    """The mean output length of the trace's requests before the window: what a deployment knows
+    of its answers' length from what it served before the burst (ElasticConfig.expected_output_tokens)."""
+    trace = load_trace(trace_name)
+    return float(trace.output_lens[trace.timestamps < start].mean()) * output_factor
+
+
 def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int, setup: Setup = SETUPS["14b"],
         **elastic) -> dict:
     """`elastic` overrides the ElasticConfig fields set here (a slower peer link, the exchange choice)."""
@@ -91,7 +99,7 @@ def run(strategy: str, gpu: str, requests: list[WorkloadRequest], replicas: int,
     backend = SimBackend(model_spec(setup.model, setup.model), hw, tp=setup.tp)
     links = {"host_bytes_per_s": setup.tp * hw.pcie_bandwidth, "peer_bytes_per_s": setup.tp * hw.nvlink_bandwidth}
     config = ElasticConfig(strategy, num_replicas=replicas, memory_budget_bytes=int(0.9 * setup.tp * hw.memory_bytes),
-                           max_group_size=2, **{**links, **elastic})
+                           **{"max_group_size": setup.max_group_size, **links, **elastic})
     engine = EngineConfig(model=setup.model, dtype="float16", device="cuda", max_num_seqs=setup.max_num_seqs,
                           max_num_batched_tokens=setup.max_num_batched_tokens)
     cluster = ElasticCluster(engine, config, clock=backend.clock, backend=backend)
@@ -153,9 +161,10 @@ def scenario(name: str, gpu: str, replicas: int, scale: float | None, seconds: f
     scale = scale or setup.scales.get(name, default_scale)
     seconds = seconds or default_seconds
     burst = workload(trace, start, seconds, scale, output_factor, model=setup.model)
-    results = {s: run(s, gpu, burst, replicas, setup) for s in STRATEGIES}
+    known = {"expected_output_tokens": history_output_mean(trace, start, output_factor)}
+    results = {s: run(s, gpu, burst, replicas, setup, **known) for s in STRATEGIES}
     calm = run("drop", gpu, workload(trace, start, seconds, scale / 4, output_factor, model=setup.model), replicas,
-               setup)
+               setup, **known)
     mesh = f"{replicas}x {gpu}" if setup.tp == 1 else f"{replicas} replicas of {setup.tp}x {gpu} (TP={setup.tp})"
     title = f"{setup.model} on {mesh}: {name}, x{scale:g} ({len(burst)} requests in {seconds:g} s)"
     print(f"\n{title}")

@@ -1,5 +1,5 @@
-"""Drop with and without one of a pipeline group's rules (`share_pages`, `balance_decodes`), over
-several jitters of the same burst.
+"""Drop with and without one of a pipeline group's rules (`share_pages`, `balance_decodes`,
+`plan_for_growth`), over several jitters of the same burst.
 
 The burst of `burst_cluster.py` (same `ElasticCluster` over simulated replicas, model, traces and
 budgets), under `drop` with the rule on and off. Each seed draws the upscaled copies and their
@@ -19,9 +19,9 @@ import json
 import statistics
 from pathlib import Path
 
-from burst_cluster import SCENARIOS, SETUPS, run, workload
+from burst_cluster import SCENARIOS, SETUPS, history_output_mean, run, workload
 
-RULES = ("share_pages", "balance_decodes")
+RULES = ("share_pages", "balance_decodes", "plan_for_growth")
 METRICS = ("p50_ttft_s", "p99_ttft_s", "p99_tpot_s", "busy_share")
 
 
@@ -30,9 +30,10 @@ def compare(rule: str, name: str, gpu: str, setup_name: str, seed: int) -> dict:
     trace, start, seconds, scale, output_factor = SCENARIOS[name]
     burst = workload(trace, start, seconds, setup.scales.get(name, scale), output_factor, seed=seed,
                      model=setup.model)
+    known = history_output_mean(trace, start, output_factor)
     row = {"seed": seed}
     for on in (False, True):
-        r = run("drop", gpu, burst, setup.replicas, setup, **{rule: on})
+        r = run("drop", gpu, burst, setup.replicas, setup, expected_output_tokens=known, **{rule: on})
         row["on" if on else "off"] = {m: r[m] for m in METRICS}
     return row
 

@@ -203,6 +203,11 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
         ElasticConfig("drop", recompute_if_cheaper=1)
     with pytest.raises(ConfigError, match="share_pages must be true or false"):
         ElasticConfig("drop", share_pages=None)
+    with pytest.raises(ConfigError, match="plan_for_growth must be true or false"):
+        ElasticConfig("drop", plan_for_growth="yes")
+    for bad in (0, -5.0, "200", True):
+        with pytest.raises(ConfigError, match="expected_output_tokens must be a number > 0"):
+            ElasticConfig("drop", expected_output_tokens=bad)
     with pytest.raises(ConfigError, match="no room for KV"):
         ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=1000))
     with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=budget)) as cluster:
@@ -258,6 +263,39 @@ def test_drop_plan_is_feasible_and_near_brute_force_coverage():
         optimal_total += _brute_force_covered(replicas, capacity, 3)
     print(f"greedy covers {covered_total} of {optimal_total} coverable overloaded replicas")
     assert covered_total >= 0.8 * optimal_total  # measured: 290 of 342 (85%)
+
+
+def test_a_group_is_sized_for_its_members_expected_growth_and_formed_for_their_demand_now():
+    """Four replicas, each 2 pages over its 10 and expected to need 6 more: two pairs hold what they
+    need now (24 <= 26), but only the whole four come near the growth (72 against 70), so one group
+    of four forms; capped at three, a group of three (36 <= 45 now) and the fourth stays alone."""
+    capacity = {1: 10, 2: 26, 3: 45, 4: 70}.get
+    now_only = [ReplicaDemand(f"r{i}", 12, 10) for i in range(4)]
+    growing = [ReplicaDemand(f"r{i}", 12, 10, headroom_pages=6) for i in range(4)]
+    assert sorted(map(len, plan_groups(now_only, capacity, max_group_size=4))) == [2, 2]
+    assert [len(g) for g in plan_groups(growing, capacity, max_group_size=4)] == [4]
+    assert [len(g) for g in plan_groups(growing, capacity, max_group_size=3)] == [3]
+    # a group that could not hold even the demand now does not form, growth or not
+    assert plan_groups([ReplicaDemand(f"r{i}", 40, 10, headroom_pages=6) for i in range(4)], capacity, 4) == []
+
+
+def test_growth_headroom_is_what_each_request_adds_to_reach_the_mean_output():
+    from types import SimpleNamespace
+
+    from coserve.elastic.demand_growth import OutputLengths, growth_pages
+
+    requests = [SimpleNamespace(num_output_tokens=n) for n in (0, 100, 400)]
+    # 300 + 200 + 0 tokens still to come, in 16-token pages: 31.25, so 32
+    assert growth_pages(requests, 16, 300.0) == 32
+    assert growth_pages(requests, 16, None) == 0
+    learned = OutputLengths()
+    assert learned.mean is None
+    learned.add(10)
+    learned.add(30)
+    assert learned.mean == 20
+    told = OutputLengths(expected=250.0)
+    told.add(10)
+    assert told.mean == 250.0  # the deployment's figure from its history is not overwritten by a few
 
 
 def test_the_router_counts_a_group_members_share_of_the_groups_pages():

@@ -543,3 +543,32 @@ def test_requests_recomputed_at_a_drop_queue_oldest_first():
     assert [r.request_id for r in first.scheduler.waiting] == ["a0", "a1", "a2"]
     assert not first.scheduler.running and not any(first.kv.block_tables.values())
     assert cluster.events.exchange_recomputes == 3
+
+
+def _long_answers(count: int = 160, seconds: float = 4.0) -> list[WorkloadRequest]:
+    """Answers of 1000-1400 tokens: every running request keeps adding pages long after the drop."""
+    rng = np.random.default_rng(1)
+    times = np.sort(rng.uniform(0, seconds, count))
+    return [WorkloadRequest(i, MODEL, float(t), int(rng.integers(200, 600)), int(rng.integers(1000, 1400)))
+            for i, t in enumerate(times)]
+
+
+def test_planned_for_the_answers_still_to_come_four_replicas_group_at_once_and_queue_less():
+    """At the first drop two pairs hold what the four replicas need, not what their answers will
+    add (the mean answer, 1200 tokens, is the deployment's figure); sized for that, one group of
+    four forms, preempts less and cuts p99 TTFT below the pairs'. Both give every page and layer back."""
+    results = {}
+    for growth in (False, True):
+        cluster, backend = _cluster("drop", replicas=4, max_group_size=4, plan_for_growth=growth,
+                                    expected_output_tokens=1200.0)
+        records = replay_elastic(cluster, backend, _long_answers())
+        assert all(r.success for r in records)
+        pool = cluster.replicas[0].kv.pool
+        assert pool.num_free_blocks == pool.num_blocks and not cluster.groups
+        assert all(r.held_layers() == list(range(SPEC.num_layers)) for r in cluster.replicas)
+        results[growth] = ([len(members) for _, members, _ in cluster.events.drops],
+                           np.percentile([r.ttft for r in records], 99),
+                           sum(r.scheduler.num_preemptions for r in cluster.replicas))
+    (pair_sizes, pair_p99, pair_preempted), (sizes, p99, preempted) = results[False], results[True]
+    assert pair_sizes == [2, 2] and sizes == [4]
+    assert preempted < pair_preempted and p99 < pair_p99 / 2

@@ -19,6 +19,7 @@ from typing import Any
 
 from coserve.elastic import kv_moves, memory_source, pipeline
 from coserve.elastic.backend import ProcessBackend
+from coserve.elastic.demand_growth import OutputLengths, growth_pages
 from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
 from coserve.elastic.replica import Replica
 from coserve.elastic.router import freeness, pick_replica, queued_pages
@@ -54,6 +55,11 @@ class ElasticConfig:
     recompute_if_cheaper: bool = False
     balance_decodes: bool = True  # even the micro-batches' decode cost within a group (pipeline.balance_decodes)
     share_pages: bool = True  # a group queue takes at most 1/g of the free pages per micro-batch (pipeline.share_pages)
+    # size groups for the demand expected once the present requests reach the mean output length
+    # (demand_growth.py); off: for the demand now
+    plan_for_growth: bool = True
+    # that mean, from the deployment's history; None: the mean of the requests finished so far
+    expected_output_tokens: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,9 +73,13 @@ class ElasticConfig:
             raise ConfigError(f"max_group_size must be >= 2, got {self.max_group_size!r}")
         if not 0 < self.restore_below < 1:
             raise ConfigError(f"restore_below must be in (0, 1), got {self.restore_below!r}")
-        for name in ("recompute_if_cheaper", "balance_decodes", "share_pages"):
+        for name in ("recompute_if_cheaper", "balance_decodes", "share_pages", "plan_for_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        expected = self.expected_output_tokens
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, (int, float))
+                                     or not expected > 0):
+            raise ConfigError(f"expected_output_tokens must be a number > 0 or null, got {expected!r}")
 
 
 @dataclass
@@ -147,6 +157,7 @@ class ElasticCluster:
         self._next_id = itertools.count()
         self._deferred_aborts: set[str] = set()
         self._capacity_by_size: dict[int, int] = {}
+        self.output_lengths = OutputLengths(config.expected_output_tokens)
         self._seq_caps: dict[int, int] = {}  # max_num_seqs of members with parked requests
         self.prefill_speed = {r.index: memory_source.PrefillSpeed() for r in self.replicas}
         # read by auto's swap rule and by the exchange-or-recompute choice at a drop
@@ -232,7 +243,11 @@ class ElasticCluster:
             outputs, self._orphans = self._orphans + outputs, []
         if self.busy:
             outputs += self.collect()
-        self._request_ids.difference_update(o.request_id for o in outputs if o.finished)
+        for output in outputs:
+            if output.finished:
+                self._request_ids.discard(output.request_id)
+                if output.outputs[0].finish_reason in ("stop", "length"):
+                    self.output_lengths.add(len(output.outputs[0].token_ids))
         return outputs
 
     def dispatch(self) -> list[RequestOutput]:
@@ -602,13 +617,20 @@ class ElasticCluster:
         # compute, which freed pages cannot shorten: only a replica that is short of pages counts
         if len(alone) < 2 or not any(r.scheduler.waiting and r.scheduler.short_of_pages for r in alone):
             return None
-        demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages) for r in alone]
+        demands = [ReplicaDemand(r.name, self._demand_pages(r), r.independent_pages, self._growth_pages(r))
+                   for r in alone]
         plan = plan_groups(demands, self._group_capacity, self.config.max_group_size)
         by_name = {r.name: r for r in alone}
         return Transition("drop", [by_name[name] for name in plan[0]]) if plan else None
 
     def _demand_pages(self, replica: Replica) -> int:
         return replica.kv.num_held_blocks + queued_pages(replica)
+
+    def _growth_pages(self, replica: Replica) -> int:
+        if not self.config.plan_for_growth:
+            return 0
+        requests = [*replica.scheduler.running, *replica.scheduler.waiting]
+        return growth_pages(requests, replica.kv.block_size, self.output_lengths.mean)
 
     def _group_capacity(self, size: int) -> int:
         """Fixed by the replicas' shape and budget: worked out once per size (the planner asks often)."""

@@ -1,0 +1,45 @@
+"""How many more pages a replica's requests are expected to need: the drop plan sizes groups for it.
+
+A group cannot re-split until it restores, and under a burst a replica's demand (the pages its
+requests hold plus those its queue needs) keeps rising after the drop that the first page-short
+queue triggers: every running request adds a token per step until it ends. KunServe's planner
+counts "growth headroom" in each replica's demand. Here it is what the replica's present requests
+would add if each ran to the mean output length of the requests this cluster has finished: no
+horizon to choose, and no knowledge a server lacks (a request's true length, or its `max_tokens`,
+which clients set far above it). A request already past the mean adds nothing; before any request
+has finished there is no estimate, and no headroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coserve.engine.kv_cache_manager import cdiv
+
+
+@dataclass
+class OutputLengths:
+    """The expected output length (tokens): the deployment's own figure from its history when it
+    has one (`expected`), else the running mean of the requests finished here."""
+
+    expected: float | None = None
+    count: int = 0
+    total: int = 0
+
+    def add(self, num_tokens: int) -> None:
+        self.count += 1
+        self.total += num_tokens
+
+    @property
+    def mean(self) -> float | None:
+        if self.expected is not None:
+            return self.expected
+        return self.total / self.count if self.count else None
+
+
+def growth_pages(requests, block_size: int, mean_output: float | None) -> int:
+    """Pages `requests` (running or queued) add by each reaching `mean_output` output tokens."""
+    if mean_output is None:
+        return 0
+    tokens = sum(max(0.0, mean_output - r.num_output_tokens) for r in requests)
+    return cdiv(int(tokens), block_size)
