@@ -205,8 +205,8 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
         ElasticConfig("drop", share_pages=None)
     with pytest.raises(ConfigError, match="plan_for_growth must be true or false"):
         ElasticConfig("drop", plan_for_growth="yes")
-    for bad in (0, -5.0, "200", True):
-        with pytest.raises(ConfigError, match="expected_output_tokens must be a number > 0"):
+    for bad in (0, -5.0, "200", True, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="expected_output_tokens must be a finite number > 0"):
             ElasticConfig("drop", expected_output_tokens=bad)
     with pytest.raises(ConfigError, match="no room for KV"):
         ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=1000))
@@ -267,16 +267,45 @@ def test_drop_plan_is_feasible_and_near_brute_force_coverage():
 
 def test_a_group_is_sized_for_its_members_expected_growth_and_formed_for_their_demand_now():
     """Four replicas, each 2 pages over its 10 and expected to need 6 more: two pairs hold what they
-    need now (24 <= 26), but only the whole four come near the growth (72 against 70), so one group
-    of four forms; capped at three, a group of three (36 <= 45 now) and the fourth stays alone."""
+    need now (24 <= 26) but not what they expect (36), so the pairs merge into one group of four
+    (48 <= 70 now). Capped at three, a merge would not fit and both pairs stay: growth never leaves
+    a replica uncovered that the demand now covers."""
     capacity = {1: 10, 2: 26, 3: 45, 4: 70}.get
     now_only = [ReplicaDemand(f"r{i}", 12, 10) for i in range(4)]
-    growing = [ReplicaDemand(f"r{i}", 12, 10, headroom_pages=6) for i in range(4)]
+    growing = [ReplicaDemand(f"r{i}", 12, 10, growth_pages=6) for i in range(4)]
     assert sorted(map(len, plan_groups(now_only, capacity, max_group_size=4))) == [2, 2]
     assert [len(g) for g in plan_groups(growing, capacity, max_group_size=4)] == [4]
-    assert [len(g) for g in plan_groups(growing, capacity, max_group_size=3)] == [3]
+    assert sorted(map(len, plan_groups(growing, capacity, max_group_size=3))) == [2, 2]
+    # a spare replica joins a pair expected to outgrow it, if the three still hold the demand now
+    spare = ReplicaDemand("s", 0, 10)
+    assert plan_groups([ReplicaDemand("a", 14, 10, growth_pages=20), ReplicaDemand("b", 10, 10), spare],
+                       capacity, 3) == [["a", "b", "s"]]
+    # ... and not if they would not: the pair that fits now stays (a bigger group is never all or nothing)
+    tight = {1: 10, 2: 26, 3: 40}.get
+    assert plan_groups([ReplicaDemand("a", 20, 10, growth_pages=30), ReplicaDemand("b", 5, 10),
+                        ReplicaDemand("c", 20, 10, growth_pages=5)], tight, 3) == [["a", "b"]]
+    assert plan_groups([ReplicaDemand("a", 14, 10, growth_pages=20), ReplicaDemand("b", 10, 10)],
+                       {1: 10, 2: 26, 3: 0}.get, 3) == [["a", "b"]]
     # a group that could not hold even the demand now does not form, growth or not
-    assert plan_groups([ReplicaDemand(f"r{i}", 40, 10, headroom_pages=6) for i in range(4)], capacity, 4) == []
+    assert plan_groups([ReplicaDemand(f"r{i}", 40, 10, growth_pages=6) for i in range(4)], capacity, 4) == []
+
+
+def test_planning_for_growth_keeps_every_group_feasible_now_and_covers_at_least_as_much():
+    import random
+
+    capacity = {1: 10, 2: 26, 3: 45, 4: 66}.get
+    for seed in range(200):
+        rng = random.Random(seed)
+        now = [ReplicaDemand(f"r{i}", rng.randint(0, 22), 10) for i in range(rng.randint(2, 7))]
+        growing = [ReplicaDemand(r.name, r.demand_pages, 10, rng.randint(0, 15)) for r in now]
+        by_name = {r.name: r for r in growing}
+        plain = {n for g in plan_groups(now, capacity, 4) for n in g}
+        groups = plan_groups(growing, capacity, 4)
+        members = [n for g in groups for n in g]
+        assert len(members) == len(set(members)) and plain <= set(members)
+        for group in groups:
+            assert 2 <= len(group) <= 4
+            assert sum(by_name[n].demand_pages for n in group) <= capacity(len(group))
 
 
 def test_growth_headroom_is_what_each_request_adds_to_reach_the_mean_output():
@@ -284,9 +313,9 @@ def test_growth_headroom_is_what_each_request_adds_to_reach_the_mean_output():
 
     from coserve.elastic.demand_growth import OutputLengths, growth_pages
 
-    requests = [SimpleNamespace(num_output_tokens=n) for n in (0, 100, 400)]
-    # 300 + 200 + 0 tokens still to come, in 16-token pages: 31.25, so 32
-    assert growth_pages(requests, 16, 300.0) == 32
+    requests = [SimpleNamespace(num_tokens=p + n, num_output_tokens=n) for p, n in ((10, 0), (20, 100), (30, 400))]
+    # 300 more tokens on 10: 1 page to 20 (19 more); 200 more on 120: 8 to 20 (12 more); none past the mean
+    assert growth_pages(requests, 16, 300.0) == 19 + 12
     assert growth_pages(requests, 16, None) == 0
     learned = OutputLengths()
     assert learned.mean is None

@@ -572,3 +572,12 @@ def test_planned_for_the_answers_still_to_come_four_replicas_group_at_once_and_q
     (pair_sizes, pair_p99, pair_preempted), (sizes, p99, preempted) = results[False], results[True]
     assert pair_sizes == [2, 2] and sizes == [4]
     assert preempted < pair_preempted and p99 < pair_p99 / 2
+
+
+def test_without_a_figure_from_history_the_cluster_learns_the_mean_output_from_finished_requests():
+    cluster, backend = _cluster("drop", replicas=2)
+    assert cluster.output_lengths.mean is None
+    requests = _burst(40, 1.0)
+    replay_elastic(cluster, backend, requests)
+    assert cluster.output_lengths.count == len(requests)
+    assert cluster.output_lengths.mean == pytest.approx(np.mean([r.output_len for r in requests]))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
+import numbers
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -77,9 +79,9 @@ class ElasticConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         expected = self.expected_output_tokens
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, (int, float))
-                                     or not expected > 0):
-            raise ConfigError(f"expected_output_tokens must be a number > 0 or null, got {expected!r}")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, numbers.Real)
+                                     or not 0 < expected < math.inf):
+            raise ConfigError(f"expected_output_tokens must be a finite number > 0 or null, got {expected!r}")
 
 
 @dataclass
@@ -240,9 +242,13 @@ class ElasticCluster:
     def step(self) -> list[RequestOutput]:
         outputs = self.dispatch()
         if self._orphans:
-            outputs, self._orphans = self._orphans + outputs, []
+            outputs, self._orphans = self._finished(self._orphans) + outputs, []
         if self.busy:
             outputs += self.collect()
+        return outputs
+
+    def _finished(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Book the requests these outputs end (the simulator calls dispatch and collect, not step)."""
         for output in outputs:
             if output.finished:
                 self._request_ids.discard(output.request_id)
@@ -269,7 +275,7 @@ class ElasticCluster:
                     outputs += self._start(replica, [(replica, 0, replica.spec.num_layers)])
             elif self.groups[replica.index].members[0] is replica:
                 outputs += self._start_group_batch(self.groups[replica.index])
-        return outputs
+        return self._finished(outputs)
 
     def _start_group_batch(self, group: pipeline.PipelineGroup) -> list[RequestOutput]:
         for _ in range(len(group.members)):
@@ -328,7 +334,7 @@ class ElasticCluster:
                 outputs += flight.engine.finish_step(flight.out, flight.engine.sample(flight.batch, result))
         if self._deferred_aborts:
             self._apply_aborts()
-        return outputs
+        return self._finished(outputs)
 
     def _fail(self, flight: Flight, replica: Replica, exc: LaneError) -> list[RequestOutput]:
         """A lane's job failed: the batch's requests fail with the reason and the replica recovers

@@ -4,14 +4,18 @@ A group cannot re-split until it restores, and under a burst a replica's demand 
 requests hold plus those its queue needs) keeps rising after the drop that the first page-short
 queue triggers: every running request adds a token per step until it ends. KunServe's planner
 counts "growth headroom" in each replica's demand. Here it is what the replica's present requests
-would add if each ran to the mean output length of the requests this cluster has finished: no
-horizon to choose, and no knowledge a server lacks (a request's true length, or its `max_tokens`,
-which clients set far above it). A request already past the mean adds nothing; before any request
-has finished there is no estimate, and no headroom.
+would add if each ran to the mean output length: the deployment's figure from its history when it
+is given (`ElasticConfig.expected_output_tokens`), else the mean of the requests this cluster has
+finished. That needs no horizon to choose. A request's `max_tokens` is not used: clients set it far
+above what they get (and in the simulator it is the true length, which no server knows). A
+request already past the mean adds nothing, and arrivals to come are not forecast. The learned
+mean runs low early in a burst (short answers finish first), and before any request has finished
+there is no estimate and no growth.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from coserve.engine.kv_cache_manager import cdiv
@@ -41,5 +45,8 @@ def growth_pages(requests, block_size: int, mean_output: float | None) -> int:
     """Pages `requests` (running or queued) add by each reaching `mean_output` output tokens."""
     if mean_output is None:
         return 0
-    tokens = sum(max(0.0, mean_output - r.num_output_tokens) for r in requests)
-    return cdiv(int(tokens), block_size)
+    total = 0
+    for r in requests:
+        more = max(0, math.ceil(mean_output) - r.num_output_tokens)
+        total += cdiv(r.num_tokens + more, block_size) - cdiv(r.num_tokens, block_size)
+    return total
