@@ -276,6 +276,10 @@ def test_a_group_is_sized_for_its_members_expected_growth_and_formed_for_their_d
     assert sorted(map(len, plan_groups(now_only, capacity, max_group_size=4))) == [2, 2]
     assert [len(g) for g in plan_groups(growing, capacity, max_group_size=4)] == [4]
     assert sorted(map(len, plan_groups(growing, capacity, max_group_size=3))) == [2, 2]
+    # without growth the plan is the cover pass's, order included: the most overloaded replica's group first
+    order = [ReplicaDemand("a", 200, 100), ReplicaDemand("b", 160, 100), ReplicaDemand("c", 10, 100),
+             ReplicaDemand("d", 100, 100)]
+    assert plan_groups(order, {1: 100, 2: 260}.get, 2) == [["a", "c"], ["b", "d"]]
     # a spare replica joins a pair expected to outgrow it, if the three still hold the demand now
     spare = ReplicaDemand("s", 0, 10)
     assert plan_groups([ReplicaDemand("a", 14, 10, growth_pages=20), ReplicaDemand("b", 10, 10), spare],
@@ -314,8 +318,11 @@ def test_growth_headroom_is_what_each_request_adds_to_reach_the_mean_output():
     from coserve.elastic.demand_growth import OutputLengths, growth_pages
 
     requests = [SimpleNamespace(num_tokens=p + n, num_output_tokens=n) for p, n in ((10, 0), (20, 100), (30, 400))]
-    # 300 more tokens on 10: 1 page to 20 (19 more); 200 more on 120: 8 to 20 (12 more); none past the mean
+    # demand counts the next token's slot already: 300 more tokens on 10 go from 1 page (11 tokens) to
+    # 20 (19 more), 200 more on 120 from 8 (121 tokens) to 20 (12 more), none past the mean
     assert growth_pages(requests, 16, 300.0) == 19 + 12
+    assert growth_pages([SimpleNamespace(num_tokens=16, num_output_tokens=0)], 16, 16.0) == 0  # 17 slots: 2 pages
+    assert growth_pages([SimpleNamespace(num_tokens=32, num_output_tokens=20)], 16, 16.0) == 0  # past the mean
     assert growth_pages(requests, 16, None) == 0
     learned = OutputLengths()
     assert learned.mean is None

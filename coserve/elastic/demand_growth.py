@@ -46,7 +46,8 @@ def growth_pages(requests, block_size: int, mean_output: float | None) -> int:
     if mean_output is None:
         return 0
     total = 0
-    for r in requests:
-        more = max(0, math.ceil(mean_output) - r.num_output_tokens)
-        total += cdiv(r.num_tokens + more, block_size) - cdiv(r.num_tokens, block_size)
+    for r in requests:  # demand already counts a slot for each request's next token
+        more = math.ceil(mean_output) - r.num_output_tokens
+        if more > 0:
+            total += cdiv(r.num_tokens + more, block_size) - cdiv(r.num_tokens + 1, block_size)
     return total
