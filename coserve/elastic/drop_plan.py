@@ -96,7 +96,7 @@ def _grow(groups: list[list[ReplicaDemand]], left: list[ReplicaDemand], group_ca
         return _expected(group) - group_capacity(len(group))
 
     # the most short first (it takes its pick of the leftovers, and the cluster carries it out
-    # first); groups that are not short keep the cover pass's order, so without growth the plan is it
+    # first); groups that are not short keep the cover pass's order: without growth the plan is the cover pass's
     pending = sorted(groups, key=lambda g: max(0, shortfall(g)), reverse=True)
     left = sorted(left, key=lambda r: r.capacity_pages - r.expected_pages, reverse=True)
     grown = []
