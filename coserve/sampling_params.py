@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from coserve.errors import InvalidRequestError
@@ -23,9 +25,17 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        self.stop = _as_list("stop", self.stop)
+        self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids)
         self.validate()
+
+    def for_copy(self, copy: int) -> SamplingParams:
+        """The params of completion `copy` of `n`: one completion, its own seed. Seeds wrap around
+        the signed 64-bit range, so any valid seed gives every copy a valid one."""
+        if self.n == 1 and copy == 0:
+            return self
+        seed = None if self.seed is None else (self.seed + copy + 2**63) % 2**64 - 2**63
+        return dataclasses.replace(self, n=1, seed=seed)
 
     @property
     def greedy(self) -> bool:
@@ -61,5 +71,13 @@ def _check_int(name: str, value: object, minimum: int | None = None) -> None:
 
 
 def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"{name} must be a number, got {value!r}", name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequestError(f"{name} must be a finite number, got {value!r}", name)
+
+
+def _as_list(name: str, value: object) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequestError(f"{name} must be a list, got {value!r}", name)
+    return list(value)

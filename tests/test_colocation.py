@@ -157,6 +157,9 @@ def test_server_with_a_mux_device_serves_both_models_side_by_side(smollm2_llm):
         while device.has_unfinished_requests() and time.monotonic() < deadline:
             time.sleep(0.01)  # the abort lands once the engine thread reads it
         assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
+        listed = httpx.get(server.url + "/v1/models", timeout=30).json()
+        assert sorted(m["id"] for m in listed["data"]) == ["real", "tiny"]
+        assert 'vllm:num_requests_running{model_name="tiny"}' in httpx.get(server.url + "/metrics", timeout=30).text
 
 
 def test_the_example_device_config_is_valid():

@@ -80,6 +80,11 @@ def test_stop_token_ids_eos_and_ignore_eos(smollm2_llm):
     (lambda: SamplingParams(n=0), "n"),
     (lambda: SamplingParams(max_tokens="3"), "max_tokens"),
     (lambda: SamplingParams(stop=[""]), "stop"),
+    (lambda: SamplingParams(stop=5), "stop"),
+    (lambda: SamplingParams(stop_token_ids=3), "stop_token_ids"),
+    (lambda: SamplingParams(temperature=float("nan")), "temperature"),
+    (lambda: SamplingParams(temperature=float("inf")), "temperature"),
+    (lambda: SamplingParams(top_p=float("nan")), "top_p"),
 ])
 def test_bad_sampling_params_raise_typed_errors(make, field):
     with pytest.raises(InvalidRequestError) as info:
@@ -101,6 +106,15 @@ def test_bad_prompts_raise_and_leave_the_engine_usable(smollm2_llm):
     assert _all_free(smollm2_llm)
     ok = smollm2_llm.generate("Hi", SamplingParams(temperature=0, max_tokens=3))[0]
     assert len(ok.outputs[0].token_ids) == 3
+
+
+def test_a_model_without_a_chat_template_refuses_chat_clearly(smollm2_llm, monkeypatch):
+    engine = smollm2_llm.engine
+    monkeypatch.setattr(engine, "chat_template", None)
+    monkeypatch.setattr(engine.tokenizer, "chat_template", None)
+    with pytest.raises(InvalidRequestError, match="no chat template") as info:
+        engine.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert info.value.param == "messages"
 
 
 def test_unknown_model_and_unreadable_weights(tmp_path):
@@ -144,6 +158,42 @@ def test_a_failed_step_fails_its_requests_frees_pages_and_keeps_serving(smollm2_
     assert _all_free(smollm2_llm)
     again = smollm2_llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=3))[0]
     assert len(again.outputs[0].token_ids) == 3
+
+
+class _CharTokenizer:
+    """Token id = code point: the text of any id sequence is known without a vocabulary."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def test_the_stop_string_met_first_in_the_text_ends_it_not_the_first_listed():
+    from coserve.engine.detokenizer import IncrementalDetokenizer
+
+    detokenizer = IncrementalDetokenizer(_CharTokenizer(), stop=["abc", "x"])
+    assert detokenizer.add_tokens([ord(c) for c in "hello xabc"]) == "x"
+    assert detokenizer.text == "hello "
+    keep = IncrementalDetokenizer(_CharTokenizer(), stop=["abc", "lo"], include_stop_str_in_output=True)
+    assert keep.add_tokens([ord(c) for c in "hel"]) is None
+    assert keep.add_tokens([ord(c) for c in "lo abc"]) == "lo" and keep.text == "hello"
+
+
+def test_n_copies_at_the_top_of_the_seed_range_and_an_interrupted_call_leave_the_llm_usable(smollm2_llm,
+                                                                                             monkeypatch):
+    copies = smollm2_llm.generate("Hi", SamplingParams(n=2, seed=2**63 - 1, max_tokens=2))[0]
+    assert len(copies.outputs) == 2
+    engine = smollm2_llm.engine
+
+    def interrupted():
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        smollm2_llm.generate(["Hi", "there"], SamplingParams(max_tokens=4))
+    assert not engine.has_unfinished_requests() and _all_free(smollm2_llm)
+    again = smollm2_llm.generate("Hi", SamplingParams(temperature=0, max_tokens=2))[0]
+    assert len(again.outputs[0].token_ids) == 2
 
 
 def test_extreme_seed_and_top_k_values_are_handled(smollm2_llm):

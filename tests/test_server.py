@@ -151,7 +151,9 @@ BAD_BODIES = [
     ({"model": REAL, "prompt": "hi", "max_tokens": 9000}, 400, "max_tokens"),
     ({"model": REAL}, 400, "prompt"),
     ({"model": "no-such-model", "prompt": "hi"}, 404, "model"),
+    ({"model": REAL, "prompt": ["hi"] * 257}, 400, "n"),  # more than a model may ever queue: never 429
 ]
+UNSUPPORTED = [{"logprobs": 5}, {"echo": True}, {"best_of": 3}, {"logit_bias": {"50": 10}}, {"suffix": "end"}]
 
 
 @pytest.mark.parametrize("body,status,param", BAD_BODIES, ids=[b[2] + str(i) for i, b in enumerate(BAD_BODIES)])
@@ -161,6 +163,52 @@ def test_bad_input_gets_openai_error(server, body, status, param):
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["message"]
+
+
+@pytest.mark.parametrize("fields", UNSUPPORTED, ids=[next(iter(f)) for f in UNSUPPORTED])
+def test_fields_this_server_does_not_implement_are_refused_not_ignored(server, fields):
+    response = httpx.post(server.url + "/v1/completions", json={"model": TINY, "prompt": "hi", **fields}, timeout=30)
+    assert response.status_code == 400
+    assert next(iter(fields)) in response.json()["error"]["message"]
+
+
+def test_defaults_of_unsupported_fields_are_accepted(client):
+    reply = client.completions.create(model=TINY, prompt="hi", max_tokens=2, logprobs=None, echo=False, best_of=1)
+    assert reply.usage.completion_tokens == 2
+
+
+def test_seeds_of_n_copies_stay_valid_at_the_top_of_the_range(server):
+    body = {"model": TINY, "prompt": "hi", "max_tokens": 3, "n": 2, "seed": 2**63 - 1, "ignore_eos": True}
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert sorted(c["index"] for c in response.json()["choices"]) == [0, 1]
+    assert server.engine(TINY).kv.pool.num_used_blocks == 0
+
+
+def test_a_default_max_tokens_is_cut_to_the_context_left():
+    config = ServerConfig(models=[tiny_deployment(max_model_len=24)])
+    with RunningServer(config) as running:
+        prompt = list(range(100, 120))  # 20 tokens: 4 left, fewer than the completions default of 16
+        reply = httpx.post(running.url + "/v1/completions", json={"model": TINY, "prompt": prompt}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] <= 4
+        asked = httpx.post(running.url + "/v1/completions", timeout=60,
+                           json={"model": TINY, "prompt": prompt, "max_tokens": 16})
+        assert asked.status_code == 400 and asked.json()["error"]["param"] == "max_tokens"
+
+
+def test_bodies_python_cannot_decode_or_tokenize_are_400s(server, client):
+    def post(raw: bytes) -> httpx.Response:
+        return httpx.post(server.url + "/v1/completions", content=raw, timeout=30,
+                          headers={"content-type": "application/json"})
+
+    lone_surrogate = post(b'{"model": "%s", "prompt": "\\ud800"}' % REAL.encode())
+    assert lone_surrogate.status_code == 400 and lone_surrogate.json()["error"]["param"] == "prompt"
+    nested = post(b"[" * 100_000 + b"]" * 100_000)
+    assert nested.status_code == 400 and nested.json()["error"]["type"] == "invalid_request_error"
+    unknown_path = httpx.get(server.url + "/v1/nothing-here", timeout=30)
+    assert unknown_path.status_code == 404 and unknown_path.json()["error"]["message"]
+    assert client.completions.create(model=TINY, prompt="hello", max_tokens=2).usage.completion_tokens == 2
 
 
 def test_malformed_json_and_chat_errors(server, client):

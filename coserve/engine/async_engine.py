@@ -198,15 +198,18 @@ class AsyncEngine:
             by_model = self.device.step_by_model()
         except Exception as exc:
             logger.exception("device failed a step")
-            for engine in self.engines.values():
-                self._fail_all(engine, exc)
+            for name, engine in self.engines.items():
+                self._fail_all(engine, exc, name)
             by_model = {name: [] for name in self.engines}
         for name, engine in self.engines.items():
             self._deliver(name, engine, by_model[name])
 
-    def _fail_all(self, engine: LLMEngine, exc: BaseException) -> None:
+    def _fail_all(self, engine: LLMEngine, exc: BaseException, device_model: str | None = None) -> None:
         for request_id in list(engine.states):
-            engine.abort_request(request_id)
+            if device_model is not None:  # a lane may still write these pages: the device defers
+                self.device.abort_request(device_model, request_id)
+            else:
+                engine.abort_request(request_id)
             self._send(request_id, RuntimeError(f"engine error: {exc}"))
             self._owner.pop(request_id, None)
 

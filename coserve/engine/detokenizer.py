@@ -36,11 +36,15 @@ class IncrementalDetokenizer:
         return full[len(prefix):]
 
     def _find_stop(self, new_from: int) -> str | None:
+        """The stop string that appears first in the text (not first in the list), if any."""
+        found: tuple[int, str] | None = None
         for stop in self.stop:
             # a stop string may straddle the old and new text
-            search_from = max(0, new_from - len(stop) + 1)
-            index = self.text.find(stop, search_from)
-            if index != -1:
-                self.text = self.text[:index + len(stop)] if self.include_stop else self.text[:index]
-                return stop
-        return None
+            index = self.text.find(stop, max(0, new_from - len(stop) + 1))
+            if index != -1 and (found is None or index < found[0]):
+                found = (index, stop)
+        if found is None:
+            return None
+        index, stop = found
+        self.text = self.text[:index + len(stop)] if self.include_stop else self.text[:index]
+        return stop

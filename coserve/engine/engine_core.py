@@ -65,6 +65,10 @@ class EngineCore:
     def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         if self.tokenizer is None:
             raise InvalidRequestError(f"model {self.config.name!r} has no tokenizer: pass token ids", "prompt")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate from a JSON "\ud800" escape
+            raise InvalidRequestError(f"the prompt is not valid Unicode text: {exc.reason}", "prompt") from None
         return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
@@ -77,7 +81,12 @@ class EngineCore:
             if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
                     or not isinstance(message.get("role"), str):
                 raise InvalidRequestError("each message needs a string 'role' and 'content'", "messages")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            raise InvalidRequestError(f"model {self.config.name!r} has no chat template: send a prompt to "
+                                      "/v1/completions instead", "messages")
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=True)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, prompt_token_ids: list[int] | None = None) -> str:

@@ -7,6 +7,7 @@ Several models on one device: `LLM(models=[...], device=DeviceConfig(policy="mux
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -22,6 +23,8 @@ Prompt = str | list[int]
 
 
 class LLM:
+    _calls = itertools.count()
+
     def __init__(self, model: str = DEFAULT_MODEL, *, models: Sequence[ColocatedModel | EngineConfig] | None = None,
                  device: DeviceConfig | None = None, **engine_kwargs):
         if models is None:
@@ -84,14 +87,28 @@ class LLM:
         for engine, ids, p in zip(engines, token_ids, params_list):
             p.validate()
             engine.check_length(len(ids), p)
-        ids = []
-        for index, (engine, prompt, p) in enumerate(zip(engines, prompts, params_list)):
-            for copy in range(p.n):
-                child = p if p.n == 1 else _child_params(p, copy)
-                ids.append(engine.add_request(prompt, child, request_id=f"llm-{index}-{copy}",
-                                              prompt_token_ids=token_ids[index]))
-        finished = self._run(len(ids), use_tqdm if use_tqdm is not None else len(ids) > 8)
-        return [_merge(prompt_index, p.n, finished) for prompt_index, p in enumerate(params_list)]
+        call = next(self._calls)  # ids unique per call: an interrupted call leaves none to collide with
+        added: list[tuple[LLMEngine, str]] = []
+        try:
+            for index, (engine, prompt, p) in enumerate(zip(engines, prompts, params_list)):
+                for copy in range(p.n):
+                    request_id = engine.add_request(prompt, p.for_copy(copy), request_id=f"llm-{call}-{index}-{copy}",
+                                                    prompt_token_ids=token_ids[index])
+                    added.append((engine, request_id))
+            finished = self._run(len(added), use_tqdm if use_tqdm is not None else len(added) > 8)
+        except BaseException:  # Ctrl-C or a failed step: nothing of this call may stay queued
+            for engine, request_id in added:
+                self._abort(engine, request_id)
+            raise
+        return [_merge(f"llm-{call}-{prompt_index}", prompt_index, p.n, finished)
+                for prompt_index, p in enumerate(params_list)]
+
+    def _abort(self, engine: LLMEngine, request_id: str) -> None:
+        if self._device is not None:
+            name = next(n for n, e in self.engines.items() if e is engine)
+            self._device.abort_request(name, request_id)
+        else:
+            engine.abort_request(request_id)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -124,13 +141,8 @@ def _broadcast(params, count: int) -> list[SamplingParams]:
     return list(params)
 
 
-def _child_params(params: SamplingParams, index: int) -> SamplingParams:
-    seed = None if params.seed is None else params.seed + index
-    return dataclasses.replace(params, n=1, seed=seed)
-
-
-def _merge(prompt_index: int, n: int, finished: dict[str, RequestOutput]) -> RequestOutput:
-    children = [finished[f"llm-{prompt_index}-{copy}"] for copy in range(n)]
+def _merge(prefix: str, prompt_index: int, n: int, finished: dict[str, RequestOutput]) -> RequestOutput:
+    children = [finished[f"{prefix}-{copy}"] for copy in range(n)]
     first = children[0]
     outputs = [dataclasses.replace(c.outputs[0], index=i) for i, c in enumerate(children)]
     return dataclasses.replace(first, request_id=str(prompt_index), outputs=outputs)

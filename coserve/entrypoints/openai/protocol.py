@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from coserve.sampling_params import SamplingParams
 
@@ -33,6 +33,32 @@ class _SamplingFields(BaseModel):
     presence_penalty: Annotated[Number, Field(ge=0, le=0)] | None = None
     frequency_penalty: Annotated[Number, Field(ge=0, le=0)] | None = None
     user: StrictStr | None = None
+    # OpenAI fields this server does not implement: a request that asks for them gets a 400 rather
+    # than an answer that silently lacks them (an eval reading echoed logprobs would score garbage)
+    logprobs: Any = None
+    top_logprobs: Any = None
+    echo: Any = None
+    best_of: Any = None
+    logit_bias: Any = None
+    suffix: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    response_format: Any = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        unused = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
+                  "best_of": (None, 1), "logit_bias": (None, {}), "suffix": (None, ""), "tools": (None, []),
+                  "tool_choice": (None, "none"), "response_format": (None, {"type": "text"})}
+        for name, harmless in unused.items():
+            value = getattr(self, name)
+            if not any(value is h or (type(value) is type(h) and value == h) for h in harmless):
+                raise ValueError(f"{name} is not supported by this server")
+        return self
+
+    @property
+    def max_tokens_given(self) -> bool:
+        return self.max_tokens is not None
 
     def sampling_params(self, default_max_tokens: int | None) -> SamplingParams:
         max_tokens = self.max_tokens if self.max_tokens is not None else default_max_tokens
@@ -79,6 +105,10 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: StrictInt | None = None
+
+    @property
+    def max_tokens_given(self) -> bool:
+        return self.max_tokens is not None or self.max_completion_tokens is not None
 
     def sampling_params(self, default_max_tokens: int | None) -> SamplingParams:
         if self.max_tokens is None and self.max_completion_tokens is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2 import TemplateError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import coserve
 from coserve.elastic.serving import ServedCluster
@@ -77,6 +77,16 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
         message, param = _validation_message(exc)
         return error_response(400, message, "invalid_request_error", param)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), kind)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+
     @app.get("/health")
     async def health() -> Response:
         """200 while the engine thread serves; the body names replicas that are down ("degraded")."""
@@ -102,12 +112,12 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
     async def models() -> dict:
         now = int(time.time())
         data = [{"id": name, "object": "model", "created": now, "owned_by": "coserve",
-                 "max_model_len": engine.max_model_len} for name, engine in engines.items()]
+                 "max_model_len": engine.max_model_len} for name, engine in async_engine.engines.items()]
         return {"object": "list", "data": data}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        metrics.refresh_gauges(engines)
+        metrics.refresh_gauges(async_engine.engines)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/completions")
@@ -121,7 +131,7 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
     async def _handle(http_request: Request, schema, chat: bool) -> Response:
         try:
             body = await http_request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return error_response(400, "the request body is not valid JSON", "invalid_request_error")
         try:
             req = schema.model_validate(body)
@@ -130,8 +140,13 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
             fallback = default_max_tokens.get(req.model) or (None if chat else 16)
             params = req.sampling_params(fallback)
             prompts = _prompts(engine, req, chat)
+            if not req.max_tokens_given:  # a default the user never chose must not overflow the context
+                params.max_tokens = _fit_default(params.max_tokens, engine.max_model_len, prompts)
             for prompt_ids in prompts:
                 engine.check_length(len(prompt_ids), params)
+            if len(prompts) * params.n > config.max_waiting_requests:
+                raise InvalidRequestError(f"{len(prompts)} prompts x n={params.n} completions exceed the "
+                                          f"{config.max_waiting_requests} requests a model may queue", "n")
         except ValidationError as exc:
             message, param = _validation_message(exc)
             return error_response(400, message, "invalid_request_error", param)
@@ -158,6 +173,13 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
     return app
 
 
+def _fit_default(max_tokens: int | None, max_model_len: int, prompts: list[list[int]]) -> int | None:
+    if max_tokens is None:
+        return None
+    room = max_model_len - max(len(p) for p in prompts)
+    return min(max_tokens, room) if room >= 1 else max_tokens  # no room: check_length names the prompt
+
+
 def _prompts(engine: LLMEngine, req, chat: bool) -> list[list[int]]:
     if chat:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -179,11 +201,9 @@ def _fan_out(async_engine: AsyncEngine, model: str, prompts: list[list[int]], pa
     try:
         for p_index, prompt_ids in enumerate(prompts):
             for copy in range(params.n):
-                seed = None if params.seed is None else params.seed + copy
-                child = dataclasses.replace(params, n=1, seed=seed)
                 index = p_index * params.n + copy
-                streams.append(async_engine.submit(model, prompt_ids, child, f"{request_id}-{index}"))
-    except OutOfCapacityError:
+                streams.append(async_engine.submit(model, prompt_ids, params.for_copy(copy), f"{request_id}-{index}"))
+    except BaseException:
         for index in range(len(streams)):
             async_engine.abort(f"{request_id}-{index}")
         raise
