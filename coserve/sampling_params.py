@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from coserve.errors import InvalidRequestError
+from coserve.validation import is_finite_number
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _check_int(name: str, value: object, minimum: int | None = None) -> None:
 
 
 def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise InvalidRequestError(f"{name} must be a finite number, got {value!r}", name)
 
 

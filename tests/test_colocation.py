@@ -58,7 +58,7 @@ def test_the_weight_bill_matches_the_loaded_weights():
     (dict(num_lanes=0), {}, "num_lanes must be a positive integer"),
     (dict(kv_quotas={"real": 0.7, "small": 0.5}), {}, "over 100%"),
     (dict(kv_quotas={"nobody": 0.5}), {}, "not on this device"),
-    (dict(), dict(rate=0.0), "rate must be > 0"),
+    (dict(), dict(rate=0.0), "rate must be a positive finite number"),
     (dict(memory_budget_bytes=300 * MiB), {}, r"do not fit .* real weights 513\.\d MiB"),
 ])
 def test_configs_that_cannot_work_fail_at_start_up(device, models_kw, message):

@@ -100,6 +100,21 @@ def test_cpu_local_takes_given_numbers():
         get_hardware("cpu-local", interconnect="nvlink")
 
 
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"peak_flops": 5}, "peak_flops"),
+    ({"peak_flops": {"float16": 0}}, "peak_flops"),
+    ({"memory_bytes": {"a": 1}}, "memory_bytes"),
+    ({"memory_bytes": float("nan")}, "memory_bytes"),
+    ({"memory_bytes": True}, "memory_bytes"),
+    ({"network_bandwidth": 0}, "network_bandwidth"),
+    ({"collective_latency_s": -1}, "collective_latency_s"),
+    ({"process_overhead_bytes": 1 << 50}, "process_overhead_bytes"),
+])
+def test_bad_hardware_overrides_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        get_hardware("A100-80GB", overrides=overrides)
+
+
 def test_bad_job_shapes_are_config_errors():
     with pytest.raises(ConfigError, match="tensor degree 3"):
         decode_seconds(LLAMA_7B, "float16", A100, 1, 10, tp=3)

@@ -117,6 +117,12 @@ def test_multiplexer_orders_and_bad_configs():
     for args in [("fastest", ["a"], 1), ("mux", ["a"], 0), ("spatial", ["a", "b", "c"], 2)]:
         with pytest.raises(ConfigError):
             Multiplexer(*args)
+    from coserve.engine.device_config import DeviceConfig
+
+    for fields in [{"num_lanes": True}, {"memory_budget_bytes": "1GB"}, {"memory_budget_bytes": float("nan")},
+                   {"kv_quotas": {"a": float("nan")}}, {"kv_quotas": {"a": "half"}}]:
+        with pytest.raises(ConfigError, match=next(iter(fields))):
+            DeviceConfig(**fields)
 
 
 def test_one_models_batch_spreads_over_idle_lanes_and_still_matches(reference):

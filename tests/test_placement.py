@@ -56,6 +56,19 @@ def test_mesh_enumeration_matches_muxserve():
     assert count_groups(cluster) == 715
 
 
+@pytest.mark.parametrize(("nodes", "gpus_per_node"), [(1, 8), (2, 4), (3, 8), (5, 2)])
+def test_the_closed_form_group_count_equals_the_enumeration(nodes, gpus_per_node):
+    from coserve.placement.meshes import mesh_groups
+
+    cluster = problem_of(small([{"name": "a", "model": "llama-7b"}], nodes=nodes, gpus_per_node=gpus_per_node)).cluster
+    assert count_groups(cluster) == sum(1 for _ in mesh_groups(cluster))
+
+
+def test_a_cluster_too_large_to_search_is_refused_before_the_search():
+    with pytest.raises(ConfigError, match="mesh groups to search"):
+        plan(problem_of(small([{"name": "a", "model": "llama-7b"}], nodes=64, gpus_per_node=8)))
+
+
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("strategy", ["greedy", "spatial", "memory-greedy"])
 def test_random_instances_are_feasible_or_name_a_model(seed, strategy):
@@ -146,6 +159,13 @@ def small(models: list[dict], **cluster) -> dict:
     (small([{"name": "long", "model": "llama-7b", "mean_prompt_len": 2000}]), "'long'.*context"),
     ({**small([{"name": "a", "model": "llama-7b"}]), "workload": {"total_rate": -1}}, "total_rate"),
     (small([{"name": "a", "model": "llama-7b"}, {"name": "a", "model": "llama-7b"}]), "repeated"),
+    (small([{"name": "a", "model": "llama-7b", "rate": float("nan")}]), r"models\.0\.rate.*finite"),
+    (small([{"name": "a", "model": "llama-7b", "rate": "5"}]), r"models\.0\.rate"),
+    (small([{"name": "a", "model": "llama-7b", "count": True}]), r"models\.0\.count"),
+    (small([{"name": "a", "model": "llama-7b"}], hardware={"peak_flops": 5}), r"hardware\.peak_flops"),
+    (small([{"name": "a", "model": "llama-7b"}], hardware={"network_bandwidth": 0}), "network_bandwidth"),
+    ({**small([{"name": "a", "model": "llama-7b"}, {"name": "b", "model": "llama-7b", "rate": None}]),
+      "workload": {"total_rate": 5, "alpha": 5000}}, "'b'.*no requests"),
 ])
 def test_bad_input_names_the_model_or_field(raw, pattern):
     if "workload" in raw:
@@ -164,6 +184,48 @@ def test_cli_writes_a_placement_that_round_trips(tmp_path, capsys):
     write_placement(placement, again)
     assert load_placement(again) == placement
     assert {m.name for m in placement.models} == {"chat", "code", "big", "tiny"}
+
+
+def test_a_placement_carries_the_plans_hardware_and_refuses_an_inconsistent_edit(tmp_path):
+    from coserve.simulator.from_placement import placement_hardware
+
+    raw = small([{"name": "a", "model": "llama-7b"}, {"name": "b", "model": "llama-7b"}],
+                hardware={"memory_bandwidth": 1.5e12})
+    problem = problem_of(raw)
+    out = tmp_path / "placement.yaml"
+    write_placement(plan(problem), out)
+    placement = load_placement(out)
+    assert placement_hardware(placement) == problem.cluster.hw
+    assert placement_hardware(placement).memory_bandwidth == 1.5e12
+    good = yaml.safe_load(out.read_text())
+    mesh = good["meshes"][0]
+    edits = {
+        "mesh ids": lambda d: d["meshes"].append({**mesh, "gpus": [g + 10 for g in mesh["gpus"]]}),
+        "GPU ids across meshes": lambda d: d["meshes"].append({**mesh, "id": 99}),
+        "does not use": lambda d: d["meshes"][0]["models"][0].update(tensor_parallel=16),
+        "outside": lambda d: d["meshes"][0].update(gpus=[g + 10 for g in mesh["gpus"]]),
+    }
+    for pattern, edit in edits.items():
+        bad = yaml.safe_load(out.read_text())
+        edit(bad)
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=pattern):
+            load_placement(tmp_path / "bad.yaml")
+
+
+def test_a_config_file_that_is_not_utf8_or_not_a_mapping_is_a_config_error(tmp_path):
+    from coserve.yaml_config import read_yaml
+
+    (tmp_path / "latin1.yaml").write_bytes("cluster: {gpu: caf\xe9}".encode("latin-1"))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        read_yaml(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_yaml(tmp_path / "list.yaml")
+    assert read_yaml(tmp_path / "empty.yaml") == {}
+    (tmp_path / "numbers.yaml").write_text("a: 4e10\nb: -1E-3\nc: v1e5\n")  # YAML 1.1 reads 4e10 as text
+    assert read_yaml(tmp_path / "numbers.yaml") == {"a": 4e10, "b": -1e-3, "c": "v1e5"}
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

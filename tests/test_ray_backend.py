@@ -40,10 +40,12 @@ def _placement(num_meshes: int = 2, kv_pages: int = 64, tensor_parallel: int = 1
                   prefill_share=0.5, decode_share=0.5, kv_quota_bytes=kv_pages * PAGE_BYTES,
                   kv_quota_tokens=kv_pages * 16, max_num_seqs=8, est_throughput=1.0, est_ttft_ms=10.0,
                   est_tpot_ms=10.0, est_slo_attainment=1.0)
-    meshes = [dict(id=i, node=0, gpus=[i], est_throughput=1.0, models=[placed]) for i in range(num_meshes)]
+    width = tensor_parallel  # each mesh has the GPUs its degree uses, or the file itself is inconsistent
+    meshes = [dict(id=i, node=0, gpus=list(range(i * width, (i + 1) * width)), est_throughput=1.0, models=[placed])
+              for i in range(num_meshes)]
     return PlacementFile.model_validate(dict(
         strategy="greedy", objective="throughput",
-        cluster=dict(nodes=1, gpus_per_node=num_meshes, gpu="A100-80GB", interconnect="nvlink"),
+        cluster=dict(nodes=1, gpus_per_node=num_meshes * tensor_parallel, gpu="A100-80GB", interconnect="nvlink"),
         totals=dict(rate=2.0, est_throughput=2.0, est_goodput=2.0, est_slo_attainment=1.0, gpus_used=num_meshes,
                     plan_seconds=0.1),
         meshes=meshes,

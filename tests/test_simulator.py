@@ -259,6 +259,44 @@ def test_a_cost_file_from_before_regimes_loads_as_one_regime(tmp_path):
     assert FittedModel.load(path).seconds(BatchShape(4, 4, 10.0, 0), "1") == pytest.approx(1.5)
 
 
+BAD_COST_FILES = [
+    [1, 2],
+    {"model": "m", "device": "cpu", "coefficients": [1]},
+    {"model": "m", "device": "cpu", "coefficients": {"1": []}},
+    {"model": "m", "device": "cpu", "coefficients": {"1": ["x"]}},
+    {"model": "m", "device": "cpu", "coefficients": {"1": [{"max_tokens": None, "values": [1.0]}]}},
+    {"model": "m", "device": "cpu", "coefficients": {"1": [{"max_tokens": None, "values": [1, 0, 0, 0, "nan"]}]}},
+    {"model": "m", "device": "cpu",
+     "coefficients": {"1": [{"max_tokens": None, "values": [1, 0, 0, 0, 0], "slowdown_beside_busy_lane": 0}]}},
+]
+
+
+@pytest.mark.parametrize("body", BAD_COST_FILES, ids=range(len(BAD_COST_FILES)))
+def test_a_broken_cost_file_is_a_config_error(tmp_path, body):
+    import json
+
+    from coserve.errors import ConfigError
+    from coserve.simulator.cost import FittedModel
+
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(body))
+    with pytest.raises(ConfigError):
+        FittedModel.load(path)
+
+
+def test_a_cost_file_of_another_model_or_a_lane_size_the_machine_lacks_is_refused():
+    from coserve.costmodel.profile import profile_lanes
+    from coserve.errors import ConfigError
+    from coserve.simulator.cost import CostRegime, FittedCost, FittedModel
+
+    other = FittedModel("small", "cpu", {"1": [CostRegime(None, [1.0, 0, 0, 0, 0])]})
+    with pytest.raises(ConfigError, match="'smollm2' was profiled for 'small'"):
+        FittedCost({"smollm2": other}, ["1"])
+    for sizes in ([0], [-1], [10_000], [True]):
+        with pytest.raises(ConfigError, match="lane sizes"):
+            profile_lanes(EngineConfig(model="random:llama-tiny-49k"), sizes)
+
+
 def test_simulate_a_placement_from_the_planner(tmp_path):
     """`coserve plan` then `coserve simulate`: every request served, per-model SLOs applied, and bad
     input (a missing file, a negative scale) is a one-line error with exit code 2."""
@@ -285,6 +323,8 @@ def test_simulate_a_placement_from_the_planner(tmp_path):
     assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["simulate", str(placement), "--rate-scale", "-1"]) == 2
     assert main(["simulate", str(placement), "--latency-slo-scale", "0"]) == 2
+    assert main(["simulate", str(placement), "--rate-scale", "nan"]) == 2
+    assert main(["simulate", str(placement), "--output", str(tmp_path / "no-such-folder" / "sim.json")]) == 2
 
 
 def _cut_to(placement, name: str, gpus: int):

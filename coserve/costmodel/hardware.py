@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from coserve.errors import ConfigError
+from coserve.validation import is_finite_number
 
 GB = 1e9  # bandwidths are quoted in decimal GB/s
 MIB = 1 << 20
@@ -43,13 +44,19 @@ class HardwareSpec:
             raise ConfigError(f"cluster.interconnect must be one of {INTERCONNECTS}, got {self.interconnect!r}")
         if self.interconnect == "nvlink" and self.nvlink_bandwidth <= 0:
             raise ConfigError(f"cluster.interconnect: {self.name} has no NVLink; use 'pcie'")
-        for name in ("memory_bytes", "memory_bandwidth", "pcie_bandwidth"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"cluster.hardware.{name} must be positive, got {getattr(self, name)}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if not is_finite_number(value) or value < 0 or (value == 0 and name in _POSITIVE):
+                must = "positive" if name in _POSITIVE else "non-negative"
+                raise ConfigError(f"cluster.hardware.{name} must be a finite {must} number, got {value!r}")
+        if self.process_overhead_bytes >= self.memory_bytes:
+            raise ConfigError(f"cluster.hardware.process_overhead_bytes ({self.process_overhead_bytes}) leaves "
+                              f"nothing of memory_bytes ({self.memory_bytes})")
         if not 0 < self.bandwidth_saturation_share <= 1:
             raise ConfigError("cluster.hardware.bandwidth_saturation_share must be in (0, 1], "
                               f"got {self.bandwidth_saturation_share}")
-        if not self.peak_flops or min(self.peak_flops.values()) <= 0:
+        if not isinstance(self.peak_flops, dict) or not self.peak_flops \
+                or not all(is_finite_number(v) and v > 0 for v in self.peak_flops.values()):
             raise ConfigError(f"cluster.hardware.peak_flops must map dtypes to positive FLOP/s, got {self.peak_flops}")
 
     @property
@@ -61,6 +68,12 @@ class HardwareSpec:
         if dtype not in self.peak_flops:
             raise ConfigError(f"dtype {dtype!r} has no peak FLOP/s on {self.name}; known: {sorted(self.peak_flops)}")
         return self.peak_flops[dtype]
+
+
+_NUMBERS = ("memory_bytes", "memory_bandwidth", "nvlink_bandwidth", "pcie_bandwidth", "network_bandwidth",
+            "collective_latency_s", "process_overhead_bytes")
+_POSITIVE = {"memory_bytes", "memory_bandwidth", "pcie_bandwidth", "network_bandwidth"}
+
 
 
 def _gpu_flops(half: float, single: float) -> dict[str, float]:
@@ -101,7 +114,17 @@ def get_hardware(name: str, interconnect: str | None = None, overrides: dict[str
     if unknown:
         raise ConfigError(f"cluster.hardware: unknown fields {unknown}; known: {sorted(OVERRIDABLE)}")
     if "peak_flops" in overrides:
+        if not isinstance(overrides["peak_flops"], dict):
+            raise ConfigError("cluster.hardware.peak_flops must map dtypes to FLOP/s, e.g. {float16: 312e12}, "
+                              f"got {overrides['peak_flops']!r}")
         overrides["peak_flops"] = {**BUILTIN[name].peak_flops, **overrides["peak_flops"]}
     if interconnect is not None:
         overrides["interconnect"] = interconnect
     return replace(BUILTIN[name], **overrides)
+
+
+def overrides_of(spec: HardwareSpec) -> dict[str, Any]:
+    """The fields of `spec` that differ from its built-in namesake: what `get_hardware` needs to
+    rebuild it (a placement file carries them, so the simulator sees the spec the planner used)."""
+    base = BUILTIN[spec.name]
+    return {name: getattr(spec, name) for name in sorted(OVERRIDABLE) if getattr(spec, name) != getattr(base, name)}

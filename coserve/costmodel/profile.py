@@ -24,6 +24,7 @@ import numpy as np
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.engine.llm_engine import LLMEngine
+from coserve.errors import ConfigError
 from coserve.execution.cpu_kernels import SMALL_BATCH
 from coserve.execution.process_lanes import ProcessLanes
 from coserve.sampling_params import SamplingParams
@@ -260,6 +261,11 @@ def profile_lanes(config: EngineConfig, lane_sizes: list[int], contention: bool 
     off), "beside" a busy lane of `neighbour` (default: the same model) on them; where two lanes of
     the size fit, "split": batches spread over two such lanes."""
     cores = available_cores()
+    bad = [size for size in lane_sizes if isinstance(size, bool) or not isinstance(size, int)
+           or not 1 <= size <= len(cores)]
+    if bad:
+        raise ConfigError(f"lane sizes must be whole numbers of cores from 1 to the {len(cores)} this process "
+                          f"may use, got {bad}")
     profiles = {}
     for size in lane_sizes:
         runs = {"alone": profile(config, cores[:size])}

@@ -20,6 +20,7 @@ from coserve.errors import ConfigError
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
 from coserve.execution.weights import load_model
 from coserve.metrics import SLO
+from coserve.validation import is_finite_number
 
 MiB = 1 << 20
 
@@ -43,13 +44,14 @@ class DeviceConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {list(POLICIES)}, got {self.policy!r}")
-        if not isinstance(self.num_lanes, int) or self.num_lanes < 1:
+        if isinstance(self.num_lanes, bool) or not isinstance(self.num_lanes, int) or self.num_lanes < 1:
             raise ConfigError(f"num_lanes must be a positive integer, got {self.num_lanes!r}")
         if self.lane_cores is not None and (not self.lane_cores or not all(self.lane_cores)):
             raise ConfigError(f"lane_cores needs at least one lane, each with at least one core; got {self.lane_cores}")
-        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
-            raise ConfigError(f"memory_budget_bytes must be > 0, got {self.memory_budget_bytes}")
-        bad = {m: q for m, q in self.kv_quotas.items() if not 0 < q <= 1}
+        budget = self.memory_budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise ConfigError(f"memory_budget_bytes must be a positive integer, got {budget!r}")
+        bad = {m: q for m, q in self.kv_quotas.items() if not is_finite_number(q) or not 0 < q <= 1}
         if bad:
             raise ConfigError(f"kv_quotas are fractions of the pool in (0, 1]; got {bad}")
         if sum(self.kv_quotas.values()) > 1 + 1e-9:
@@ -141,8 +143,9 @@ def _check_models(models: list[ColocatedModel], device: DeviceConfig) -> None:
         if m.config.device != device.device:
             raise ConfigError(f"model {m.config.name!r} is configured for {m.config.device!r} but the device "
                               f"is {device.device!r}")
-        if m.rate <= 0:
-            raise ConfigError(f"model {m.config.name!r}: rate must be > 0, got {m.rate}")
+        if not is_finite_number(m.rate) or m.rate <= 0:
+            raise ConfigError(f"model {m.config.name!r}: rate must be a positive finite number, got {m.rate!r}")
+
 
 
 def _budget(device: DeviceConfig) -> int:

@@ -104,7 +104,9 @@ def _profile(args: argparse.Namespace) -> int:
 
     from coserve.costmodel.profile import profile_and_fit
     from coserve.engine.config import EngineConfig
+    from coserve.yaml_config import check_writable
 
+    check_writable(args.output, "-o")
     config = EngineConfig(model=args.model, name=args.name, tokenizer=args.tokenizer, dtype=args.dtype,
                           max_num_batched_tokens=512)
     neighbour = None

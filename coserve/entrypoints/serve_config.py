@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from coserve.engine.config import DEFAULT_MODEL, EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig
 from coserve.errors import ConfigError
 from coserve.metrics import SLO
-from coserve.yaml_config import read_yaml, validate
+from coserve.yaml_config import StrictConfig, read_yaml, validate
 
 
-class ModelDeployment(BaseModel):
+class ModelDeployment(StrictConfig):
     """One model served under `name`; the remaining fields are the engine's (see EngineConfig)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     model: str
@@ -49,10 +48,9 @@ class ModelDeployment(BaseModel):
         return ColocatedModel(self.engine_config(num_threads), self.rate, slo)
 
 
-class DeviceSection(BaseModel):
+class DeviceSection(StrictConfig):
     """One device shared by every model of the config (see DeviceConfig)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     policy: Literal["mux", "spatial", "temporal"] = "mux"
     num_lanes: int = Field(2, ge=1)
@@ -74,8 +72,7 @@ class DeviceSection(BaseModel):
         return DeviceConfig(**self.model_dump())
 
 
-class ServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ServerConfig(StrictConfig):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -9,21 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from coserve.workload import TRACES
-from coserve.yaml_config import read_yaml, validate
+from coserve.yaml_config import StrictConfig, read_yaml, validate
 
 Dtype = Literal["float16", "bfloat16", "float32"]
 Objective = Literal["throughput", "slo"]
 LENGTH_DATASETS = tuple(TRACES)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClusterConfig(_Strict):
+class ClusterConfig(StrictConfig):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(8, ge=1)
     gpu: str = "A100-80GB"
@@ -34,7 +30,7 @@ class ClusterConfig(_Strict):
         default_factory=dict, description="overrides of the GPU spec's fields (how cpu-local gets real numbers)")
 
 
-class LengthConfig(_Strict):
+class LengthConfig(StrictConfig):
     """Mean prompt and output lengths in tokens, given directly or as a length dataset's means."""
 
     mean_prompt_len: float | None = Field(None, gt=0)
@@ -48,7 +44,7 @@ class LengthConfig(_Strict):
         return self
 
 
-class SLOConfig(_Strict):
+class SLOConfig(StrictConfig):
     """Either absolute targets, or `scale` x the latency of a request served alone (MuxServe's)."""
 
     ttft_ms: float | None = Field(None, gt=0)
@@ -79,7 +75,7 @@ class ModelConfig(LengthConfig):
     slo: SLOConfig | None = None
 
 
-class PlannerConfig(_Strict):
+class PlannerConfig(StrictConfig):
     strategy: Literal["greedy", "spatial", "memory-greedy"] = "greedy"
     objective: Objective = "throughput"
     max_num_seqs: int = Field(256, ge=1, description="decode batch cap of one model (vLLM's default)")
@@ -89,7 +85,7 @@ class PlannerConfig(_Strict):
     local_search: bool = True
 
 
-class PlanConfig(_Strict):
+class PlanConfig(StrictConfig):
     cluster: ClusterConfig
     models: list[ModelConfig] = Field(min_length=1)
     workload: WorkloadConfig = Field(default_factory=WorkloadConfig)

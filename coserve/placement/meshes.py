@@ -7,10 +7,12 @@ group is a multiset of per-node partitions (MuxServe's enumeration: 10 partition
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 
+from coserve.errors import ConfigError
 from coserve.placement.problem import Cluster
 
 
@@ -41,8 +43,16 @@ def node_partitions(gpus: int, sizes: list[int]) -> list[tuple[int, ...]]:
     return out
 
 
+MAX_MESH_GROUPS = 50_000  # the greedy planner spends a few ms on each: beyond this, minutes to hours
+
+
 def mesh_groups(cluster: Cluster) -> Iterator[tuple[Mesh, ...]]:
     """All mesh groups of the cluster, from the fewest meshes (largest first) to the most."""
+    count = count_groups(cluster)
+    if count > MAX_MESH_GROUPS:
+        raise ConfigError(f"a cluster of {cluster.nodes} nodes x {cluster.gpus_per_node} GPUs has {count} mesh "
+                          f"groups to search (limit {MAX_MESH_GROUPS}): plan a part of it (fewer nodes) and "
+                          "repeat that placement")
     partitions = node_partitions(cluster.gpus_per_node, cluster.mesh_sizes())
     for per_node in combinations_with_replacement(partitions, cluster.nodes):
         yield build_meshes(cluster, per_node)
@@ -60,4 +70,6 @@ def build_meshes(cluster: Cluster, per_node: tuple[tuple[int, ...], ...]) -> tup
 
 
 def count_groups(cluster: Cluster) -> int:
-    return sum(1 for _ in mesh_groups(cluster))
+    """Multisets of `nodes` partitions drawn from a node's partitions: C(partitions + nodes - 1, nodes)."""
+    partitions = len(node_partitions(cluster.gpus_per_node, cluster.mesh_sizes()))
+    return math.comb(partitions + cluster.nodes - 1, cluster.nodes)

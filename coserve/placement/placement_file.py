@@ -10,19 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from coserve.errors import ConfigError
-from coserve.yaml_config import read_yaml, validate
+from coserve.yaml_config import StrictConfig, read_yaml, validate
 
 ESTIMATE_SOURCE = "analytic: roofline cost model + fluid unit model (not the discrete-event simulator)"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PlacedModel(_Strict):
+class PlacedModel(StrictConfig):
     name: str
     model: str  # the reference from the plan input: preset, config path, ...
     dtype: str
@@ -40,7 +36,7 @@ class PlacedModel(_Strict):
     est_slo_attainment: float = Field(ge=0, le=1)
 
 
-class PlacedMesh(_Strict):
+class PlacedMesh(StrictConfig):
     id: int
     node: int
     gpus: list[int]
@@ -48,9 +44,9 @@ class PlacedMesh(_Strict):
     models: list[PlacedModel]
 
 
-class ModelSummary(_Strict):
+class ModelSummary(StrictConfig):
     name: str
-    rate: float
+    rate: float = Field(ge=0)
     replicas: list[int] = Field(description="ids of the meshes holding a copy")
     est_throughput: float
     est_slo_attainment: float
@@ -60,7 +56,7 @@ class ModelSummary(_Strict):
                                                           "latency alone is taken")
 
 
-class Totals(_Strict):
+class Totals(StrictConfig):
     rate: float
     est_throughput: float
     est_goodput: float = Field(description="requests/s served within their SLO")
@@ -69,14 +65,16 @@ class Totals(_Strict):
     plan_seconds: float
 
 
-class ClusterSummary(_Strict):
+class ClusterSummary(StrictConfig):
     nodes: int
     gpus_per_node: int
     gpu: str
     interconnect: str
+    hardware: dict[str, float | dict[str, float]] = Field(
+        default_factory=dict, description="the plan's overrides of the GPU spec (cluster.hardware)")
 
 
-class PlacementFile(_Strict):
+class PlacementFile(StrictConfig):
     strategy: str
     objective: str
     estimates: str = ESTIMATE_SOURCE
@@ -85,6 +83,32 @@ class PlacementFile(_Strict):
     meshes: list[PlacedMesh]
     models: list[ModelSummary]
     idle_gpus: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlacementFile:
+        """A hand-edited file must still describe one cluster: each GPU in one mesh at most, each
+        mesh id once, each placed model on exactly as many GPUs as its parallel degrees use."""
+        _unique("mesh ids", [m.id for m in self.meshes])
+        _unique("model names in models[]", [m.name for m in self.models])
+        gpus = [g for mesh in self.meshes for g in mesh.gpus]
+        _unique("GPU ids across meshes", gpus)
+        total = self.cluster.nodes * self.cluster.gpus_per_node
+        outside = sorted(g for g in gpus if not 0 <= g < total)
+        if outside:
+            raise ValueError(f"GPU ids {outside} are outside the cluster's {total} GPUs")
+        for mesh in self.meshes:
+            _unique(f"model names on mesh {mesh.id}", [m.name for m in mesh.models])
+            for m in mesh.models:
+                if m.tensor_parallel * m.pipeline_parallel != len(mesh.gpus):
+                    raise ValueError(f"mesh {mesh.id}: {m.name} at tensor_parallel={m.tensor_parallel} x "
+                                     f"pipeline_parallel={m.pipeline_parallel} does not use its {len(mesh.gpus)} GPUs")
+        return self
+
+
+def _unique(what: str, values: list) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique; repeated: {repeated}")
 
 
 def write_placement(placement: PlacementFile, path: str | Path) -> None:

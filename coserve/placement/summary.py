@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from coserve.costmodel.hardware import overrides_of
 from coserve.placement.placement_file import (
     ClusterSummary,
     ModelSummary,
@@ -38,7 +39,7 @@ def build_placement(problem: Problem, layout: Layout, evaluator: Evaluator, stra
     return PlacementFile(
         strategy=strategy, objective=problem.settings.objective,
         cluster=ClusterSummary(nodes=c.nodes, gpus_per_node=c.gpus_per_node, gpu=c.hw.name,
-                               interconnect=c.hw.interconnect),
+                               interconnect=c.hw.interconnect, hardware=overrides_of(c.hw)),
         totals=totals, meshes=meshes, models=models,
         idle_gpus=sorted(set(range(c.num_gpus)) - used))
 

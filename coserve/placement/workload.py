@@ -25,7 +25,12 @@ def model_rates(models: list[ModelConfig], workload: WorkloadConfig) -> dict[str
     if not implicit:
         return explicit
     weights = power_law_weights(len(implicit), _alpha(workload, implicit))
-    return {**explicit, **dict(zip(implicit, _scale(weights, workload).tolist()))}
+    shares = dict(zip(implicit, _scale(weights, workload).tolist()))
+    starved = [name for name, rate in shares.items() if not rate > 0]
+    if starved:  # a steep alpha underflows the tail's share to 0
+        raise ConfigError(f"workload.alpha={workload.alpha} leaves {starved[0]!r} (and {len(starved) - 1} more) "
+                          "no requests at all; lower alpha, or give those models a rate")
+    return {**explicit, **shares}
 
 
 def _alpha(workload: WorkloadConfig, implicit: list[str]) -> float:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 from coserve.errors import CoserveError
+from coserve.yaml_config import check_writable
 
 # The steady throughput leaves out the first third of the arrival window as warm-up: a window at least
 # three request lifetimes long then measures the served rate with no ramp-up and no drain in it.
@@ -72,6 +74,7 @@ def _percent(fraction: float | None) -> str:
 def simulate_placement(args: argparse.Namespace) -> dict:
     from coserve.metrics import compute_metrics, format_table, steady_throughput
     from coserve.placement.placement_file import load_placement
+    from coserve.simulator.cluster import device_plan
     from coserve.simulator.from_placement import (
         devices_from_placement,
         placement_latency_slos,
@@ -81,12 +84,17 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     from coserve.simulator.partition import simulate_in_parallel
     from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
-    if args.duration <= 0 or args.rate_scale <= 0 or args.latency_slo_scale <= 0:
-        raise ValueError("--duration, --rate-scale and --latency-slo-scale must be positive")
+    if not all(0 < value < math.inf for value in (args.duration, args.rate_scale, args.latency_slo_scale)):
+        raise ValueError("--duration, --rate-scale and --latency-slo-scale must be positive and finite")
+    if args.output:
+        check_writable(args.output)
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     placement = load_placement(args.placement)
     devices = devices_from_placement(placement, args.policy)
+    for device in devices:  # every device's shapes and memory, before any simulated second
+        device_plan(device)
+    latency_slos = placement_latency_slos(placement, args.latency_slo_scale)
     rates = {m.name: m.rate * args.rate_scale for m in placement.models if m.rate > 0 and m.replicas}
     lengths = LengthSpec(args.dataset, args.input_len, args.output_len, args.range_ratio,
                          max_input_len=args.max_input_len, max_output_len=args.max_output_len)
@@ -100,7 +108,6 @@ def simulate_placement(args: argparse.Namespace) -> dict:
     slos = placement_slos(placement)
     metrics = compute_metrics(records, slos, models=tuple(rates))
     overall = metrics.overall
-    latency_slos = placement_latency_slos(placement, args.latency_slo_scale)
     latency_attainment = compute_metrics(records, latency_slos).overall.slo_attainment
     return {"table": format_table(metrics, "Simulated serving"), "simulated_seconds": end,
             "wall_seconds": wall, "num_requests": len(records), "num_devices": len(devices),

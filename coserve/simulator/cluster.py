@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
-from coserve.engine.device_config import ColocatedModel, DeviceConfig, plan_device
+from coserve.engine.device_config import ColocatedModel, DeviceConfig, DevicePlan, plan_device
 from coserve.engine.device_engine import DeviceEngine
 from coserve.errors import CoserveError
 from coserve.execution.models.spec import ModelSpec
@@ -54,6 +54,22 @@ class SimDeviceSpec:
 CostFactory = Callable[[SimDeviceSpec, dict[str, ModelSpec]], JobCost]
 
 
+def device_plan(spec: SimDeviceSpec) -> tuple[dict[str, ModelSpec], list[ColocatedModel], DevicePlan]:
+    """The models' shapes and the device's memory plan, as the real device would make them: raises
+    ConfigError for an unknown model, a duplicate name or weights that do not fit. Cheap, so a CLI
+    calls it for every device before simulating any."""
+    specs = {m.name: model_spec(m.model, m.name) for m in spec.models}
+    colocated = [ColocatedModel(EngineConfig(model=m.model, name=m.name, dtype=m.dtype, device=spec.device,
+                                             max_num_seqs=m.max_num_seqs,
+                                             max_num_batched_tokens=m.max_num_batched_tokens,
+                                             max_model_len=m.max_model_len), m.rate, m.slo)
+                 for m in spec.models]
+    device = DeviceConfig(policy=spec.policy, num_lanes=len(spec.lane_shares),
+                          memory_budget_bytes=spec.memory_budget_bytes, device=spec.device,
+                          spread_batches=spec.spread_batches)
+    return specs, colocated, plan_device(colocated, device, specs)
+
+
 class SimCluster:
     def __init__(self, devices: list[SimDeviceSpec], cost_for: CostFactory):
         self.clock = VirtualClock()
@@ -64,16 +80,7 @@ class SimCluster:
             self._build(spec, cost_for)
 
     def _build(self, spec: SimDeviceSpec, cost_for: CostFactory) -> None:
-        specs = {m.name: model_spec(m.model, m.name) for m in spec.models}
-        colocated = [ColocatedModel(EngineConfig(model=m.model, name=m.name, dtype=m.dtype, device=spec.device,
-                                                 max_num_seqs=m.max_num_seqs,
-                                                 max_num_batched_tokens=m.max_num_batched_tokens,
-                                                 max_model_len=m.max_model_len), m.rate, m.slo)
-                     for m in spec.models]
-        device = DeviceConfig(policy=spec.policy, num_lanes=len(spec.lane_shares),
-                              memory_budget_bytes=spec.memory_budget_bytes, device=spec.device,
-                              spread_batches=spec.spread_batches)
-        plan = plan_device(colocated, device, specs)
+        specs, colocated, plan = device_plan(spec)
         pool = BlockPool(plan.layout.num_pages)
         pool.set_quotas(plan.page_caps, fixed=True)
         engines = {c.config.name: SimEngine(c.config, specs[c.config.name], pool,

@@ -17,6 +17,7 @@ from coserve.costmodel.roofline import pipeline_seconds, stage_costs
 from coserve.engine.scheduler import ScheduledRequest
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import ModelSpec
+from coserve.validation import is_finite_number
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,16 @@ class CostRegime:
     beside: float = 1.0
     split: float | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.values) != len(COEFFICIENT_NAMES) or not all(is_finite_number(v) for v in self.values):
+            raise ConfigError(f"a cost regime needs {len(COEFFICIENT_NAMES)} finite coefficients "
+                              f"({', '.join(COEFFICIENT_NAMES)}), got {self.values}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"a cost regime's max_tokens must be >= 1 or null, got {self.max_tokens}")
+        for name, slowdown in (("slowdown_beside_busy_lane", self.beside), ("slowdown_split_batch", self.split)):
+            if slowdown is not None and not (is_finite_number(slowdown) and slowdown > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {slowdown}")
+
     def covers(self, tokens: int) -> bool:
         return self.max_tokens is None or tokens <= self.max_tokens
 
@@ -138,6 +149,11 @@ class FittedModel:
     coefficients: dict[str, list[CostRegime]]  # lane size (as a string key) -> regimes, smallest first
     # lane size -> {"alone" | "beside" | "split": [(shape, seconds), ...]}: the timed jobs the fit came from
     samples: dict[str, dict[str, list[tuple[BatchShape, float]]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        empty = sorted(size for size, regimes in self.coefficients.items() if not regimes)
+        if not self.coefficients or empty:
+            raise ConfigError(f"the cost file of {self.model} has no coefficients for lanes of {empty or 'any size'}")
 
     def regime(self, shape: BatchShape, lane_size: str) -> CostRegime:
         if lane_size not in self.coefficients:
@@ -183,7 +199,7 @@ class FittedModel:
                     regimes = [regimes]
                 coefficients[size] = [CostRegime.from_json(r, beside) for r in regimes]
             return cls(body["model"], body["device"], coefficients, samples)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is not a coserve cost file: {exc}") from exc
 
 
@@ -191,6 +207,9 @@ class FittedCost:
     """Durations from fitted profiles; `lane_sizes[lane]` picks the profile of that lane's size."""
 
     def __init__(self, fitted: dict[str, FittedModel], lane_sizes: list[str]):
+        for name, model in fitted.items():
+            if model.model != name:
+                raise ConfigError(f"the cost file given for model {name!r} was profiled for {model.model!r}")
         self.fitted = fitted
         self.lane_sizes = lane_sizes
 
@@ -207,3 +226,4 @@ class FittedCost:
         lane runs a part of the same batch."""
         regime = self._model(model).regime(batch_shape(part), self.lane_sizes[lane])
         return regime.beside, regime.beside if regime.split is None else regime.split
+

@@ -25,6 +25,11 @@ PROBE_PROMPTS = (16, 128, 512, 2048)  # prompt lengths the solo prefill is taken
 DECODE_CONTEXT = 330
 
 
+def placement_hardware(placement: PlacementFile) -> HardwareSpec:
+    cluster = placement.cluster
+    return get_hardware(cluster.gpu, cluster.interconnect, cluster.hardware)
+
+
 def placement_slos(placement: PlacementFile) -> dict[str, SLO]:
     return {m.name: SLO(ttft_ms=m.ttft_slo_ms, tpot_ms=m.tpot_slo_ms) for m in placement.models}
 
@@ -35,7 +40,7 @@ def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, 
     GPU, 30B on four, 65B on eight), from the roofline: prefill at a few prompt lengths, and one
     decode step at batch 1. A placement without `min_mesh` (an older file) uses the smallest mesh
     the model was placed on."""
-    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    hw = placement_hardware(placement)
     copies = [m for mesh in placement.meshes for m in mesh.models]
     largest_first = sorted(copies, key=lambda m: -m.tensor_parallel * m.pipeline_parallel)
     placed = {m.name: m for m in largest_first}  # the last copy of a name, on its smallest mesh, stays
@@ -60,7 +65,10 @@ def placement_latency_slos(placement: PlacementFile, scale: float) -> dict[str, 
 def devices_from_placement(placement: PlacementFile, policy: str = "mux") -> list[SimDeviceSpec]:
     if policy not in POLICIES:
         raise ConfigError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
-    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    hw = placement_hardware(placement)
+    for mesh in placement.meshes:  # degrees the model's heads and layers cannot take fail here, not mid-run
+        for m in mesh.models:
+            decode_seconds(model_spec(m.model, m.name), m.dtype, hw, 1, 1, tp=m.tensor_parallel, pp=m.pipeline_parallel)
     slos = placement_slos(placement)
     return [_device(mesh, hw, policy, slos) for mesh in placement.meshes if mesh.models]
 
@@ -68,7 +76,7 @@ def devices_from_placement(placement: PlacementFile, policy: str = "mux") -> lis
 def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO]) -> SimDeviceSpec:
     models = [SimModel(m.name, m.model, m.dtype, max(m.rate, 1e-9), slos.get(m.name),
                        max_num_seqs=m.max_num_seqs) for m in mesh.models]
-    budget = len(mesh.gpus) * (hw.memory_bytes - hw.process_overhead_bytes)
+    budget = int(len(mesh.gpus) * (hw.memory_bytes - hw.process_overhead_bytes))
     if policy == "temporal":
         shares = [1.0]
     elif policy == "spatial":
@@ -85,7 +93,7 @@ def _device(mesh: PlacedMesh, hw: HardwareSpec, policy: str, slos: dict[str, SLO
 
 def roofline_factory(placement: PlacementFile):
     """`SimCluster`'s cost factory: each device's models with their tensor and pipeline degrees."""
-    hw = get_hardware(placement.cluster.gpu, placement.cluster.interconnect)
+    hw = placement_hardware(placement)
     degrees = {(f"mesh{mesh.id}", m.name): (m.tensor_parallel, m.pipeline_parallel)
                for mesh in placement.meshes for m in mesh.models}
 
