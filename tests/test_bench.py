@@ -37,9 +37,12 @@ class FakeServer:
     """Streams one chunk per requested token ("tok"), then usage if asked for it. Counts prompt
     tokens as whitespace-separated words, which is exactly what synthetic prompts are made of."""
 
-    def __init__(self, send_usage: bool = True, reject_models: tuple[str, ...] = ()):
+    def __init__(self, send_usage: bool = True, reject_models: tuple[str, ...] = (),
+                 empty_answers: bool = False, close_early: bool = False):
         self.send_usage = send_usage
         self.reject_models = reject_models
+        self.empty_answers = empty_answers  # the first token is end-of-sequence: no text, finish "stop"
+        self.close_early = close_early  # the server dies mid-answer: no [DONE]
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.loop = asyncio.new_event_loop()
@@ -86,13 +89,18 @@ class FakeServer:
         send = lambda chunk: response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         if chat:  # real servers open a chat stream with a role-only chunk: not a token
             await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-        for _ in range(body["max_tokens"]):
+        tokens = 1 if self.empty_answers else body["max_tokens"]
+        for _ in range(0 if self.empty_answers else tokens):
             await asyncio.sleep(0.001)
             choice = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
             await send({"choices": [choice]})
-        await send({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+        if self.close_early:
+            return response
+        await asyncio.sleep(0.001)
+        reason = "stop" if self.empty_answers else "length"
+        await send({"choices": [{"index": 0, "text": "", "finish_reason": reason}]})
         if self.send_usage and body.get("stream_options", {}).get("include_usage"):
-            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": body["max_tokens"]}
+            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": tokens}
             await send({"choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         return response
@@ -175,6 +183,66 @@ def test_rejected_requests_fail_and_miss_the_slo():
     assert metrics.overall.slo_attainment == 0.5
     assert all("HTTP 404" in r.error for r in result.records if r.model == "gone")
     assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["config"]["workload"]["request_rate"] == "inf"
+
+
+def test_an_empty_answer_succeeds_with_its_first_token_at_the_finish():
+    workload = WorkloadSpec(models=("m",), num_prompts=3, lengths=LengthSpec(input_len=5, output_len=4))
+    with FakeServer(empty_answers=True) as server:
+        result = run_benchmark(BenchmarkConfig(workload, server.base_url, disable_tqdm=True))
+    for record in result.records:
+        assert record.success, record.error
+        assert record.chunk_times == [] and record.output_tokens == 1
+        assert record.send_time < record.first_token_time <= record.end_time
+        assert record.tpot is None
+    assert result.metrics.overall.ttft_ms.count == 3
+
+
+def test_a_stream_cut_before_done_is_a_failure():
+    workload = WorkloadSpec(models=("m",), num_prompts=2, lengths=LengthSpec(input_len=5, output_len=3))
+    with FakeServer(close_early=True) as server:
+        result = run_benchmark(BenchmarkConfig(workload, server.base_url, disable_tqdm=True))
+    assert result.metrics.overall.completed == 0 and result.metrics.overall.failed == 2
+    assert all("[DONE]" in record.error for record in result.records)
+
+
+@pytest.mark.parametrize("argv", [
+    ("--model-rates", "nan", "1"), ("--model-rates", "inf", "1"), ("--alpha", "nan"), ("--alpha", "inf"),
+    ("--alpha", "-2000"), ("--burstiness", "inf"), ("--burstiness", "nan"), ("--time-scale", "inf"),
+    ("--slo", "ttft:0"), ("--slo", "ttft:-5"), ("--slo", "tpot:nan"), ("--slo", "ttft:fast"),
+    ("--slo-scale", "nan", "--slo-base-ttft-ms", "10"), ("--slo-scale", "0", "--slo-base-ttft-ms", "10"),
+    ("--slo-scale", "2", "--slo-base-ttft-ms", "-1"), ("--timeout", "0"), ("--timeout", "-3"),
+    ("--model", "a", "--request-rate", "nan"), ("--save-result", "/nonexistent-folder/result.json"),
+])
+def test_unusable_options_exit_2_before_any_request(argv, capsys, tmp_path):
+    with FakeServer() as server:
+        models = () if "--model" in argv else ("--model", "a", "b")
+        args = bench_args("--base-url", server.base_url, *models, *argv, "--num-prompts", "2", "--disable-tqdm")
+        assert run(args) == 2
+    assert server.bodies == []
+    assert capsys.readouterr().err.startswith("coserve bench: ")
+
+
+def test_duplicate_models_and_an_unwritable_plot_folder_exit_2(tmp_path, capsys):
+    assert run(bench_args("--model", "a", "a", "--num-prompts", "2")) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run(bench_args("--model", "a", "--plot", str(blocker / "plots"), "--num-prompts", "2")) == 2
+    assert "--plot" in capsys.readouterr().err
+
+
+def test_a_missing_trace_file_is_a_clear_error(tmp_path, monkeypatch):
+    from coserve.workload import traces
+
+    traces.load_trace.cache_clear()
+    monkeypatch.setattr(traces, "TRACE_DIR", tmp_path)
+    try:
+        with pytest.raises(ValueError, match="sharegpt-lengths.*cannot be read"):
+            LengthSpec("sharegpt-lengths")
+        (tmp_path / traces.TRACES["azure-code"].filename).write_text("ContextTokens,TIMESTAMP\n5,x\n")
+        with pytest.raises(ValueError, match="azure-code.*cannot be read"):
+            LengthSpec("azure-code")
+    finally:
+        traces.load_trace.cache_clear()
 
 
 def test_unreachable_server_fails_every_request_and_run_returns_1(capsys):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 
 from coserve.bench.client import COMPLETIONS_ENDPOINT, ENDPOINTS
 from coserve.bench.config import BenchmarkConfig
 from coserve.bench.runner import run_benchmark
 from coserve.metrics import SLO, SLOSet, plot_results
 from coserve.workload import DATASETS, LengthSpec, WorkloadSpec
+from coserve.yaml_config import check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when any request completed, 1 when none did, 2 for unusable options."""
     try:
         config = config_from_args(args)
+        # Before the run, not after it: a result that cannot be saved wastes the whole benchmark.
+        if args.save_result:
+            check_writable(args.save_result, "--save-result")
+        if args.plot:
+            _check_writable_folder(args.plot, "--plot")
     except ValueError as exc:
         print(f"coserve bench: {exc}", file=sys.stderr)
         return 2
@@ -95,6 +103,14 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         burstiness=args.burstiness, time_scale=args.time_scale, seed=args.seed, lengths=lengths)
     return BenchmarkConfig(workload, args.base_url, args.endpoint, args.max_concurrency, args.ignore_eos,
                            slos_from_args(args), args.timeout, args.disable_tqdm)
+
+
+def _check_writable_folder(path: str, what: str) -> None:
+    """plot_results makes the folder and its parents: the nearest existing one must take new files."""
+    target = Path(path).resolve()
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"{what} {path}: cannot make that folder ({existing} is read-only or a file)")
 
 
 def slos_from_args(args: argparse.Namespace) -> SLOSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -47,23 +48,31 @@ def chunk_text(chunk: dict[str, Any]) -> str:
 async def stream_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                          record: RequestRecord, clock: Callable[[], float]) -> RequestRecord:
     """Send `body`, read its server-sent events, and fill `record` in place (errors included)."""
-    usage: dict[str, Any] | None = None
+    stream = _Stream()
     try:
         async with session.post(url, json=body) as response:
             if response.status != 200:
                 record.error = f"HTTP {response.status}: {(await response.text())[:500]}"
             else:
-                usage = await _read_events(response, record, clock)
+                await _read_events(response, record, stream, clock)
     except Exception as exc:  # a benchmark reports a broken request; it never aborts the run for one
         record.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
     record.end_time = clock()
-    _settle(record, usage)
+    _settle(record, stream)
     return record
 
 
-async def _read_events(response: aiohttp.ClientResponse, record: RequestRecord,
-                       clock: Callable[[], float]) -> dict[str, Any] | None:
-    usage = None
+@dataclass
+class _Stream:
+    """What the events said besides text: whether the stream closed properly, and how it ended."""
+
+    done: bool = False  # the server sent `data: [DONE]`
+    finish_time: float | None = None  # arrival of the first chunk with a finish_reason
+    usage: dict[str, Any] | None = None
+
+
+async def _read_events(response: aiohttp.ClientResponse, record: RequestRecord, stream: _Stream,
+                       clock: Callable[[], float]) -> None:
     async for raw_line in response.content:
         arrived = clock()  # before parsing, so JSON decoding does not count as latency
         line = raw_line.strip()
@@ -71,24 +80,29 @@ async def _read_events(response: aiohttp.ClientResponse, record: RequestRecord,
             continue  # blank separators, ': keep-alive' comments, event names
         data = line[len(b"data:"):].strip()
         if data == b"[DONE]":
-            break
+            stream.done = True
+            return
         chunk = json.loads(data)
         if "error" in chunk:
             record.error = f"stream error: {json.dumps(chunk['error'])[:500]}"
-            break
+            return
         if chunk_text(chunk):
             record.chunk_times.append(arrived)
-        usage = chunk.get("usage") or usage
-    return usage
+        if stream.finish_time is None and any(c.get("finish_reason") for c in chunk.get("choices") or []):
+            stream.finish_time = arrived
+        stream.usage = chunk.get("usage") or stream.usage
 
 
-def _settle(record: RequestRecord, usage: dict[str, Any] | None) -> None:
-    if not record.error and not record.chunk_times:
-        record.error = "the stream ended without any text"
+def _settle(record: RequestRecord, stream: _Stream) -> None:
+    if not record.error and not stream.done:
+        record.error = "the stream closed before data: [DONE]"  # a server that died mid-answer
+    if not record.error and not record.chunk_times and stream.finish_time is None:
+        record.error = "the stream ended without any text or finish_reason"
     record.success = not record.error
-    if record.chunk_times:
-        record.first_token_time = record.chunk_times[0]
-    usage = usage or {}
+    # An empty answer (the first token was end-of-sequence) has its first token when it finished.
+    record.first_token_time = record.chunk_times[0] if record.chunk_times else stream.finish_time
+    usage = stream.usage or {}
     # Without usage the prompt length is the requested one and every text chunk counts as a token.
     record.prompt_tokens = usage.get("prompt_tokens") or record.input_len
-    record.output_tokens = usage.get("completion_tokens") or len(record.chunk_times)
+    completion_tokens = usage.get("completion_tokens")
+    record.output_tokens = len(record.chunk_times) if completion_tokens is None else completion_tokens

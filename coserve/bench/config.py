@@ -25,6 +25,8 @@ class BenchmarkConfig:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.timeout_s is not None and not self.timeout_s > 0:  # inf is as good as None
+            raise ValueError(f"timeout_s must be positive (or None for no limit), got {self.timeout_s}")
 
     @property
     def url(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from datetime import datetime, timezone
 
@@ -41,7 +42,8 @@ def _body(config: BenchmarkConfig, request: WorkloadRequest) -> dict:
 async def _send_all(config: BenchmarkConfig, requests: list[WorkloadRequest],
                     bodies: list[dict]) -> list[RequestRecord]:
     gate = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else contextlib.nullcontext()
-    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+    limit = config.timeout_s
+    timeout = aiohttp.ClientTimeout(total=None if limit is None or math.isinf(limit) else limit)
     # aiohttp's default pool holds 100 connections; a hidden cap would distort an open-loop run.
     connector = aiohttp.TCPConnector(limit=config.max_concurrency or 0)
     origin = time.perf_counter()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coserve.metrics.record import RequestRecord
+from coserve.validation import is_finite_number
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,12 @@ class SLO:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     e2e_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            bound = getattr(self, name)
+            if bound is not None and not (is_finite_number(bound) and bound > 0):
+                raise ValueError(f"SLO {name} must be a positive finite number of milliseconds, got {bound!r}")
 
     def met_by(self, record: RequestRecord) -> bool:
         """A failed request misses every SLO; a one-token output has no TPOT to miss."""
@@ -32,11 +39,15 @@ class SLO:
             name, sep, value = term.partition(":")
             if not sep or name not in ("ttft", "tpot", "e2e"):
                 raise ValueError(f"SLO terms look like ttft:MS, tpot:MS or e2e:MS; got {term!r}")
-            bounds[f"{name}_ms"] = float(value)
+            try:
+                bounds[f"{name}_ms"] = float(value)
+            except ValueError:
+                raise ValueError(f"SLO term {term!r}: {value!r} is not a number of milliseconds") from None
         return cls(**bounds)
 
     def scaled(self, scale: float) -> SLO:
         """MuxServe's SLO: `scale` times the latency the model reaches serving requests alone."""
+        _check_scale(scale)
         times = lambda bound: None if bound is None else bound * scale
         return SLO(times(self.ttft_ms), times(self.tpot_ms), times(self.e2e_ms))
 
@@ -58,8 +69,9 @@ class LatencySLO:
         lengths = [length for length, _ in self.prefill_ms]
         if len(lengths) < 2 or lengths != sorted(set(lengths)):
             raise ValueError(f"prefill_ms needs two or more points at increasing prompt lengths, got {self.prefill_ms}")
-        if self.decode_ms <= 0 or self.scale <= 0 or any(ms <= 0 for _, ms in self.prefill_ms):
-            raise ValueError("decode_ms, scale and every prefill time must be > 0")
+        times = (self.decode_ms, self.scale, *(ms for _, ms in self.prefill_ms))
+        if not all(is_finite_number(value) and value > 0 for value in times):
+            raise ValueError("decode_ms, scale and every prefill time must be positive finite numbers")
 
     def base_ms(self, prompt_tokens: int, output_tokens: int) -> float:
         """The request's latency alone: its prefill plus its decode steps."""
@@ -76,7 +88,13 @@ class LatencySLO:
         return record.e2e * 1000 <= self.scale * base
 
     def scaled(self, scale: float) -> LatencySLO:
+        _check_scale(scale)
         return LatencySLO(self.prefill_ms, self.decode_ms, self.scale * scale)
+
+
+def _check_scale(scale: float) -> None:
+    if not (is_finite_number(scale) and scale > 0):
+        raise ValueError(f"an SLO scale must be a positive finite number, got {scale!r}")
 
 
 AnySLO = SLO | LatencySLO

@@ -30,6 +30,8 @@ class LengthSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.dataset != "random":
+            load_trace(self.dataset)  # cached; a broken install fails here, before any request is sent
 
     @property
     def is_replay(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from coserve.validation import is_finite_number
 from coserve.workload.arrivals import gamma_arrivals, gamma_arrivals_within, replay_arrivals
 from coserve.workload.datasets import LengthSpec, sample_lengths
 from coserve.workload.popularity import model_weights, split_count
@@ -31,13 +32,17 @@ class WorkloadSpec:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("a workload needs at least one model")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"each model is named once, got {list(self.models)}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
-        for name in ("request_rate", "burstiness", "time_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.request_rate > 0:  # inf is allowed: everything at t=0
+            raise ValueError(f"request_rate must be positive, got {self.request_rate}")
+        for name in ("burstiness", "time_scale"):
+            if not (is_finite_number(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {getattr(self, name)}")
         model_weights(len(self.models), self.rates_list(), self.alpha)  # validates rates/alpha
         if self.duration is not None:
             if not 0 < self.duration < math.inf:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from coserve.validation import is_finite_number
+
 
 def power_law_weights(num_models: int, alpha: float) -> np.ndarray:
     """Model i's share is proportional to (i+1)^-alpha (alpha 0 = uniform); shares sum to 1."""
     if num_models <= 0:
         raise ValueError(f"num_models must be positive, got {num_models}")
-    raw = np.arange(1, num_models + 1, dtype=float) ** -alpha
+    if not is_finite_number(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    with np.errstate(over="ignore"):
+            raw = np.arange(1, num_models + 1, dtype=float) ** -alpha
+    if not np.isfinite(raw).all():  # a large negative alpha: the last model's weight overflows
+        raise ValueError(f"alpha {alpha} is too far below 0 for {num_models} models")
     return raw / raw.sum()
 
 
@@ -36,7 +43,7 @@ def model_weights(num_models: int, rates: list[float] | None = None,
     if rates is not None:
         if len(rates) != num_models:
             raise ValueError(f"{len(rates)} model rates for {num_models} models")
-        if min(rates) <= 0:
-            raise ValueError(f"model rates must be positive, got {rates}")
+        if not all(is_finite_number(rate) and rate > 0 for rate in rates):
+            raise ValueError(f"model rates must be positive finite numbers, got {rates}")
         return np.asarray(rates, dtype=float) / sum(rates)
     return power_law_weights(num_models, alpha or 0.0)

@@ -56,7 +56,16 @@ def load_trace(name: str) -> Trace:
     if name not in TRACES:
         raise ValueError(f"unknown trace {name!r}; known: {sorted(TRACES)}")
     spec = TRACES[name]
-    with open(TRACE_DIR / spec.filename, newline="") as f:
+    path = TRACE_DIR / spec.filename
+    try:
+        return _read(path, spec)
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        # The files ship with the package: a missing or edited one is a broken install, said plainly.
+        raise ValueError(f"trace {name!r} cannot be read from {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read(path: Path, spec: TraceFile) -> Trace:
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     # Parsed through float so that an export writing counts as "74.0" still loads.
     column = lambda key: _frozen(np.array([round(float(row[key])) for row in rows], dtype=np.int64))
