@@ -17,7 +17,7 @@ from coserve.elastic.drop_plan import ReplicaDemand, plan_groups
 from coserve.elastic.replica import param_bytes
 from coserve.engine.config import EngineConfig
 from coserve.engine.llm_engine import LLMEngine
-from coserve.errors import ConfigError, ContextLengthError, UnknownModelError
+from coserve.errors import ConfigError, ContextLengthError, InvalidRequestError, UnknownModelError
 from coserve.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=24, ignore_eos=True, temperature=0)
@@ -193,6 +193,31 @@ def test_a_member_lane_dying_fails_its_batch_and_the_rest_keeps_serving(tiny):
         assert _drain(cluster)["again"] == want["0"]
 
 
+@pytest.mark.parametrize("moment", ["drop", "restore"])
+def test_a_lane_dying_just_before_a_drop_or_restore_is_replaced_and_nothing_changes(tiny, monkeypatch, moment):
+    """Weights and KV are this process's shared memory: the lane is only a view of them. One killed
+    while idle, as the group forms or dissolves, is replaced mid-transition with the change applied,
+    so every output stays right and everything comes back."""
+    from coserve.elastic import pipeline
+
+    config, prompts, want, budget = tiny
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget)) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        real, killed = getattr(pipeline, moment), []
+
+        def dying(*args, **kwargs):
+            lane = cluster.replicas[1].lane
+            os.kill(lane.process.pid, signal.SIGKILL)
+            lane.process.join(timeout=10)
+            killed.append(lane.process.pid)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(pipeline, moment, dying)
+        assert _burst(cluster, prompts) == want
+        assert len(killed) == 1 and cluster.replicas[1].lane.process.pid != killed[0]
+        assert cluster.events.drops and cluster.events.restores
+        _assert_all_back(cluster, checksums)
+
+
 def test_bad_configuration_and_requests_are_clear_errors(tiny):
     config, prompts, _, budget = tiny
     with pytest.raises(ConfigError, match="strategy"):
@@ -208,6 +233,14 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
     for bad in (0, -5.0, "200", True, float("inf"), float("nan")):
         with pytest.raises(ConfigError, match="expected_output_tokens must be a finite number > 0"):
             ElasticConfig("drop", expected_output_tokens=bad)
+    for field, bad in (("num_replicas", True), ("num_replicas", 2.0), ("num_replicas", 0),
+                       ("memory_budget_bytes", float("nan")), ("memory_budget_bytes", float("inf")),
+                       ("memory_budget_bytes", 0), ("max_group_size", 2.5), ("max_group_size", 1),
+                       ("max_group_size", True), ("host_bytes_per_s", float("nan")),
+                       ("peer_bytes_per_s", float("inf")), ("peer_bytes_per_s", -1.0), ("host_bytes_per_s", "fast"),
+                       ("restore_below", float("nan"))):
+        with pytest.raises(ConfigError, match=field):
+            ElasticConfig("drop", **{field: bad})
     with pytest.raises(ConfigError, match="no room for KV"):
         ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=1000))
     with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=budget)) as cluster:
@@ -215,6 +248,14 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
             cluster.add_request(prompts[0], GREEDY, model="nope")
         with pytest.raises(ContextLengthError):
             cluster.add_request(list(range(200)) * 2, GREEDY)
+        assert not cluster.has_unfinished_requests()
+        # a caller's id that looks like an automatic one: the next automatic id steps past it
+        assert cluster.add_request(prompts[0], GREEDY, "r0") == "r0"
+        assert cluster.add_request(prompts[1], GREEDY) == "r1"
+        with pytest.raises(InvalidRequestError, match="already in use"):
+            cluster.add_request(prompts[2], GREEDY, "r0")
+        for rid in list(cluster._request_ids):
+            cluster.abort_request(rid)
         assert not cluster.has_unfinished_requests()
 
 

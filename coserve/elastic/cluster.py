@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
-import numbers
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
 from coserve.execution.lane import LaneError
 from coserve.sampling_params import SamplingParams
+from coserve.validation import is_finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +65,21 @@ class ElasticConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
-        if not isinstance(self.num_replicas, int) or self.num_replicas < 1:
-            raise ConfigError(f"num_replicas must be a positive integer, got {self.num_replicas!r}")
-        for name in ("memory_budget_bytes", "host_bytes_per_s", "peer_bytes_per_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not self.max_group_size >= 2:
-            raise ConfigError(f"max_group_size must be >= 2, got {self.max_group_size!r}")
-        if not 0 < self.restore_below < 1:
+        for name, least in (("num_replicas", 1), ("memory_budget_bytes", 1), ("max_group_size", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+        for name in ("host_bytes_per_s", "peer_bytes_per_s"):
+            value = getattr(self, name)
+            if not (is_finite_number(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (is_finite_number(self.restore_below) and 0 < self.restore_below < 1):
             raise ConfigError(f"restore_below must be in (0, 1), got {self.restore_below!r}")
         for name in ("recompute_if_cheaper", "balance_decodes", "share_pages", "plan_for_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         expected = self.expected_output_tokens
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, numbers.Real)
-                                     or not 0 < expected < math.inf):
+        if expected is not None and not (is_finite_number(expected) and expected > 0):
             raise ConfigError(f"expected_output_tokens must be a finite number > 0 or null, got {expected!r}")
 
 
@@ -181,7 +180,8 @@ class ElasticCluster:
             raise UnknownModelError(f"the model {model!r} does not exist; available: [{self.model!r}]")
         first = self.replicas[0]
         token_ids = first.prompt_token_ids_of(prompt)
-        request_id = request_id if request_id is not None else f"r{next(self._next_id)}"
+        if request_id is None:  # a caller's own ids may look like ours: skip those in use
+            request_id = next(rid for rid in (f"r{n}" for n in self._next_id) if rid not in self._request_ids)
         if request_id in self._request_ids:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         self._route(prompt, params, request_id, token_ids)

@@ -176,9 +176,9 @@ class Replica(ReplicaMemory, LLMEngine):
 
     def drop_layer(self, index: int) -> None:
         """Free a layer's weights and KV here and on the lane (the lane must be idle)."""
-        self.lane.set_layer(SetLayer(self.name, index, None, None))
         self.model.set_layer(index, None)
         self.kv_cache.drop_layer(index)
+        self._tell_lane(SetLayer(self.name, index, None, None))
 
     def restore_layer(self, index: int, source: LlamaLayer) -> int:
         """Take layer `index` back from a copy of `source` (a peer's layer); returns bytes pulled."""
@@ -186,8 +186,17 @@ class Replica(ReplicaMemory, LLMEngine):
         layer.share_memory()
         self.kv_cache.add_layer(index)
         self.model.set_layer(index, layer)
-        self.lane.set_layer(SetLayer(self.name, index, layer, self.kv_cache.layers[index]))
+        self._tell_lane(SetLayer(self.name, index, layer, self.kv_cache.layers[index]))
         return param_bytes(layer)
+
+    def _tell_lane(self, change: SetLayer | SetPart) -> None:
+        """Mirror a change this side has made on the lane. A lane that died (or failed to apply it)
+        is replaced: a fresh one starts from this side's weights and KV, the change included, so a
+        drop or restore never stops half done for a lane's sake."""
+        try:
+            self.lane.set_layer(change)
+        except (LaneError, OSError):
+            self.restart_lane()
 
     def layer(self, index: int) -> LlamaLayer:
         return self.model.layers[index - self.model.start]
@@ -197,15 +206,15 @@ class Replica(ReplicaMemory, LLMEngine):
 
     def drop_part(self, name: str) -> None:
         """Free an end part's weights here and on the lane (the lane must be idle)."""
-        self.lane.set_layer(SetPart(self.name, name, None))
         self.model.set_part(name, None)
+        self._tell_lane(SetPart(self.name, name, None))
 
     def restore_part(self, name: str, source: torch.nn.Module) -> int:
         """Take an end part back from a copy of `source` (a peer's); returns bytes pulled."""
         module = copy.deepcopy(source)
         module.share_memory()
         self.model.set_part(name, module)
-        self.lane.set_layer(SetPart(self.name, name, module))
+        self._tell_lane(SetPart(self.name, name, module))
         return param_bytes(module)
 
     def part(self, name: str) -> torch.nn.Module:
