@@ -232,13 +232,16 @@ def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on
     from coserve.elastic import pipeline
 
     config, prompts, want, budget = tiny
-    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+    # restore_below 0.9: the group restores while requests still run, so the survivor has some to keep
+    elastic = ElasticConfig("drop", memory_budget_bytes=budget, restore_below=0.9)
+    with ElasticCluster(config, elastic, backend=RayBackend()) as cluster:
         survivor, victim = cluster.replicas
         checksum = survivor.weights_checksum()
-        real, calls = getattr(pipeline, moment), []
+        real, calls, on_survivor = getattr(pipeline, moment), [], set()
 
         def dying(*args, **kwargs):
             calls.append(moment)
+            on_survivor.update(survivor.states)
             ray.kill(victim.handle, no_restart=True)
             return real(*args, **kwargs)
         monkeypatch.setattr(pipeline, moment, dying)
@@ -248,7 +251,49 @@ def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on
         idle_until_restored(cluster)  # where a restore happens
         outputs = _finish(cluster, outputs)
         assert calls == [moment] and cluster.health()[victim.name] == "dead"
+        for rid in on_survivor:  # its KV or layers were lost, never its tokens: it prefills again
+            assert outputs[rid].error is None, outputs[rid].error
         _assert_survivor_serves(cluster, survivor, checksum, outputs, prompts, want)
+
+
+def test_a_member_dying_after_its_partner_dropped_layers_leaves_the_partner_right(tiny, monkeypatch):
+    """The partner had let layers go (and their KV with them) when the death stopped the drop: it
+    reloads them from the checkpoint, and its requests prefill again rather than decode from KV
+    that is not there; every one of them finishes right."""
+    from coserve.distributed.ray_backend import RayBackend
+    from coserve.distributed.remote_replica import RemoteReplica
+
+    config, prompts, want, budget = tiny
+    real, killed = RemoteReplica.drop_layer, {}
+
+    def drop_layer(self, index):
+        partner = next(r for r in cluster.replicas if r is not self)
+        if not killed and not partner.is_whole():  # the partner is done dropping: this one dies now
+            killed.update(victim=self, on_partner=set(partner.states))
+            ray.kill(self.handle, no_restart=True)
+        return real(self, index)
+    monkeypatch.setattr(RemoteReplica, "drop_layer", drop_layer)
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        checksums = {r.name: r.weights_checksum() for r in cluster.replicas}
+        outputs = _finish(cluster, _burst_started(cluster, prompts))
+        victim = killed["victim"]
+        survivor = next(r for r in cluster.replicas if r is not victim)
+        assert cluster.health()[victim.name] == "dead" and killed["on_partner"]
+        for rid in killed["on_partner"]:
+            assert outputs[rid].error is None and outputs[rid].outputs[0].token_ids == want[rid]
+        _assert_survivor_serves(cluster, survivor, checksums[survivor.name], outputs, prompts, want)
+
+
+def _burst_started(cluster: ElasticCluster, prompts) -> dict:
+    """Two requests decoding (KV held) before the rest arrive: the drop then has KV to lose."""
+    outputs: dict = {}
+    for i in range(2):
+        cluster.add_request(prompts[i], GREEDY, str(i))
+    for _ in range(6):
+        outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+    for i in range(2, len(prompts)):
+        cluster.add_request(prompts[i], GREEDY, str(i))
+    return outputs
 
 
 def test_a_layer_that_reached_a_worker_unrecorded_is_known_after_a_reload(tiny):

@@ -562,8 +562,9 @@ class ElasticCluster:
 
     def _transition_failed(self, members: list[Replica], exc: LaneError) -> None:
         """A member died during a drop or restore. Before a drop's bookkeeping the members are still
-        alone: the dead one is lost, survivors take back any layer they had already let go. A restore
-        leaves the group standing: the dead member is lost and the group repaired."""
+        alone: the dead one is lost, survivors take back any layer they had already let go, and
+        their requests, whose KV in those layers went with them, prefill again. A restore leaves
+        the group standing: the dead member is lost and the group repaired."""
         logger.error("a transition of %s failed: %s", [m.name for m in members], exc)
         for member in members:
             if member.alive and not member.responds():
@@ -574,6 +575,7 @@ class ElasticCluster:
         for member in members:
             if member.alive and member.index not in self.groups and not member.is_whole():
                 member.reload_layers()
+                _recompute_running(member)
         for member in dead:
             self._orphans += self._lose(member, exc)
 
@@ -589,25 +591,34 @@ class ElasticCluster:
                        for m in members)
 
     def _repair(self, group: pipeline.PipelineGroup) -> None:
-        """After a member died: every member's requests lost KV, so they start over elsewhere (or fail
-        if they had produced tokens); the survivors reload the layers they had dropped and serve alone."""
+        """After a member died: every member's requests lost the KV of its layers. The survivors
+        reload the layers they had dropped and serve alone, their requests prefilling again (their
+        tokens are all here, so nothing they generate changes); the dead member's requests start
+        over elsewhere, or fail if they had produced tokens."""
         pipeline.dissolve(group)
-        for member in group.members:  # their requests start over or fail below, KV crossing or not
+        parked = {}
+        for member in group.members:  # KV crossing or not, it is recomputed or lost below
+            parked[member.index] = [request for _, request in self.exchanging[member.index] if not request.finished]
             self.exchanging[member.index].clear()
             if member.index in self._seq_caps:
                 self._fit_seq_cap(member)
-        survivors = [m for m in group.members if m.alive]
         lost = LaneError(f"a member of pipeline group {group.owner} died")
-        for member in survivors:
-            try:
-                member.reload_layers()
-            except LaneError as exc:  # it died too, while idle
-                member.recover(exc)
         outputs: list[RequestOutput] = []
         for member in group.members:
-            outputs += self._redispatch(member, lost)
+            if not member.alive:
+                outputs += self._redispatch(member, lost)
+                continue
+            try:
+                member.reload_layers()
+            except LaneError as exc:  # it died too, while idle: lost like the first (alone now)
+                member.recover(exc)
+                if not member.alive:
+                    outputs += self._lose(member, exc)
+                    continue
+            member.scheduler.running[0:0] = parked[member.index]
+            _recompute_running(member)
         self._orphans += outputs
-        self.events.restores.append((self.clock(), [m.name for m in survivors], 0))
+        self.events.restores.append((self.clock(), [m.name for m in group.members if m.alive], 0))
 
     def _next_restore(self, now: float) -> Transition | None:
         for group in {id(g): g for g in self.groups.values()}.values():
@@ -658,6 +669,13 @@ class ElasticCluster:
         members = group.members
         return not any((m.scheduler.waiting and m.scheduler.short_of_pages) or self.swapped[m.index]
                        or self.exchanging[m.index] for m in members) and pipeline.can_restore(group)
+
+
+def _recompute_running(replica: Replica) -> None:
+    """Its running requests' KV is incomplete: they give up their pages and prefill again, first in
+    the queue and in their order."""
+    for request in reversed(list(replica.scheduler.running)):
+        replica.scheduler.recompute(request)
 
 
 def _failed_output(state, error: BaseException) -> RequestOutput:
