@@ -218,6 +218,57 @@ def test_a_lane_dying_just_before_a_drop_or_restore_is_replaced_and_nothing_chan
         _assert_all_back(cluster, checksums)
 
 
+def _failing_once(monkeypatch, method: str) -> list:
+    """Make LayerKV.`method` raise a LaneError the first time it is called; returns the calls seen."""
+    from coserve.elastic.layer_kv import LayerKV
+    from coserve.execution.lane import LaneError
+
+    real, calls = getattr(LayerKV, method), []
+
+    def flaky(self, *args):
+        calls.append(method)
+        if len(calls) == 1:
+            raise LaneError(f"injected: {method} failed")
+        return real(self, *args)
+    monkeypatch.setattr(LayerKV, method, flaky)
+    return calls
+
+
+def _run_all(cluster: ElasticCluster, prompts) -> dict:
+    for i, prompt in enumerate(prompts):
+        cluster.add_request(prompt, GREEDY, str(i))
+    outputs: dict = {}
+    while cluster.has_unfinished_requests():
+        outputs.update({o.request_id: o for o in cluster.step() if o.finished})
+    return outputs
+
+
+def test_a_failed_swap_copy_recomputes_or_fails_one_request_and_leaks_nothing(tiny, monkeypatch):
+    """The first swap-out's copy fails: its victim is recomputed instead. The first swap-in's copy
+    fails: that request ends with the error. Every other output is right and every page comes back."""
+    config, prompts, want, budget = tiny
+    reads, writes = _failing_once(monkeypatch, "read"), _failing_once(monkeypatch, "write")
+    with ElasticCluster(config, ElasticConfig("swap", memory_budget_bytes=budget)) as cluster:
+        outputs = _run_all(cluster, prompts)
+        assert len(reads) >= 2 and len(writes) >= 1 and cluster.events.swaps_out == len(reads) - 1
+        failed = [o for o in outputs.values() if o.error]
+        assert len(failed) == 1 and "injected: write failed" in failed[0].error
+        assert all(o.outputs[0].token_ids == want[rid] for rid, o in outputs.items() if not o.error)
+        assert len(outputs) == len(prompts) and not any(cluster.swapped.values())
+        assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
+        assert all(r.alive for r in cluster.replicas)
+
+
+def test_a_failed_migration_copy_leaves_the_request_where_it_was(tiny, monkeypatch):
+    config, prompts, want, budget = tiny
+    copies = _failing_once(monkeypatch, "copy_to")
+    with ElasticCluster(config, ElasticConfig("migrate", memory_budget_bytes=budget)) as cluster:
+        outputs = _run_all(cluster, prompts)
+        assert copies and cluster.events.migrations == len(copies) - 1
+        assert {rid: o.outputs[0].token_ids for rid, o in outputs.items() if not o.error} == want
+        assert cluster.migration is None and cluster._pool.num_free_blocks == cluster._pool.num_blocks
+
+
 def test_bad_configuration_and_requests_are_clear_errors(tiny):
     config, prompts, _, budget = tiny
     with pytest.raises(ConfigError, match="strategy"):

@@ -226,6 +226,33 @@ def test_swap_across_ray_keeps_outputs_and_frees_the_host_copy_of_an_aborted_req
         assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
 
 
+def test_a_worker_dying_idle_as_kv_swaps_back_fails_what_it_held_and_the_rest_serve_on(tiny, monkeypatch):
+    """It dies between jobs, just as a request's KV is to come back from its host memory: the copy
+    finds it dead, so it is lost there and then (not at a later job), and nothing escapes the step."""
+    from coserve.distributed.ray_backend import RayBackend
+    from coserve.elastic import kv_moves
+
+    config, prompts, want, budget = tiny
+    real, on_host = kv_moves.swap_in, set()
+
+    def dying(replica, swapped, link):
+        pages = -(-swapped.request.num_computed_tokens // replica.kv.block_size)
+        if not on_host and replica.kv.pool.headroom(replica.kv.owner) >= pages:  # the copy will be tried
+            on_host.update(s.request.request_id for s in cluster.swapped[replica.index])
+            _kill_and_wait(replica.handle)
+        return real(replica, swapped, link)
+    monkeypatch.setattr(kv_moves, "swap_in", dying)
+    with ElasticCluster(config, ElasticConfig("swap", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
+        outputs = _finish(cluster, _burst_started(cluster, prompts))
+        victim = next(r for r in cluster.replicas if not r.alive)
+        assert len(outputs) == len(prompts) and cluster.health()[victim.name] == "dead"
+        for rid in on_host:
+            assert "down" in outputs[rid].error or "died" in outputs[rid].error
+        for output in outputs.values():
+            assert output.error or output.outputs[0].token_ids == want[output.request_id]
+        assert cluster._pool.num_free_blocks == cluster._pool.num_blocks
+
+
 @pytest.mark.parametrize("moment", ["drop", "restore"])
 def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on(tiny, monkeypatch, moment):
     from coserve.distributed.ray_backend import RayBackend
@@ -242,7 +269,7 @@ def test_a_member_dying_during_a_drop_or_restore_is_lost_and_the_other_serves_on
         def dying(*args, **kwargs):
             calls.append(moment)
             on_survivor.update(survivor.states)
-            ray.kill(victim.handle, no_restart=True)
+            _kill_and_wait(victim.handle)
             return real(*args, **kwargs)
         monkeypatch.setattr(pipeline, moment, dying)
         for i, prompt in enumerate(prompts):
@@ -270,7 +297,7 @@ def test_a_member_dying_after_its_partner_dropped_layers_leaves_the_partner_righ
         partner = next(r for r in cluster.replicas if r is not self)
         if not killed and not partner.is_whole():  # the partner is done dropping: this one dies now
             killed.update(victim=self, on_partner=set(partner.states))
-            ray.kill(self.handle, no_restart=True)
+            _kill_and_wait(self.handle)
         return real(self, index)
     monkeypatch.setattr(RemoteReplica, "drop_layer", drop_layer)
     with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget), backend=RayBackend()) as cluster:
@@ -282,6 +309,15 @@ def test_a_member_dying_after_its_partner_dropped_layers_leaves_the_partner_righ
         for rid in killed["on_partner"]:
             assert outputs[rid].error is None and outputs[rid].outputs[0].token_ids == want[rid]
         _assert_survivor_serves(cluster, survivor, checksums[survivor.name], outputs, prompts, want)
+
+
+def _kill_and_wait(handle) -> None:
+    """ray.kill returns at once; the actor may still answer a call or two: wait until it cannot."""
+    ray.kill(handle, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(100):
+            ray.get(handle.held_layers.remote(), timeout=10)
+            time.sleep(0.1)
 
 
 def _burst_started(cluster: ElasticCluster, prompts) -> dict:

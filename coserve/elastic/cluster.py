@@ -418,7 +418,11 @@ class ElasticCluster:
         def hook(victim) -> bool:
             if self.config.strategy == "auto" and not self._swap_is_cheaper(replica, victim):
                 return False
-            swapped = kv_moves.swap_out(replica, victim, self.config.host_bytes_per_s)
+            try:
+                swapped = kv_moves.swap_out(replica, victim, self.config.host_bytes_per_s)
+            except LaneError as exc:  # mid-schedule: the victim is recomputed instead, and a dead
+                logger.error("swapping out %s on %s failed: %s", victim.request_id, replica.name, exc)
+                return False  # worker fails the batch it is about to get, as any other death
             if swapped is None:
                 return False
             self.swapped[replica.index].append(swapped)
@@ -437,11 +441,18 @@ class ElasticCluster:
             while queue and replica.index not in self.batch_in_flight:
                 if queue[0].request.finished:  # aborted while on the host
                     replica.kv_cache.discard(queue.popleft().data)
-                elif kv_moves.swap_in(replica, queue[0], self.config.host_bytes_per_s):
-                    queue.popleft()
-                    self.events.swaps_in += 1
-                else:
+                    continue
+                try:
+                    if not kv_moves.swap_in(replica, queue[0], self.config.host_bytes_per_s):
+                        break
+                except LaneError as exc:  # its KV did not come back: it fails, the rest go on
+                    failed = queue.popleft()
+                    replica.kv_cache.discard(failed.data)
+                    self._orphans += replica.fail_requests([failed.request], exc)
+                    self._copy_failed([replica], exc)
                     break
+                queue.popleft()
+                self.events.swaps_in += 1
 
     def _migrate(self, now: float) -> None:
         move = self.migration
@@ -451,9 +462,12 @@ class ElasticCluster:
                 self.migration = None
             elif now >= move.ready_at and move.src.index not in self.batch_in_flight \
                     and move.dst.index not in self.batch_in_flight:
-                if move.commit(self.config.peer_bytes_per_s):
-                    self.events.migrations += 1
                 self.migration = None
+                try:
+                    if move.commit(self.config.peer_bytes_per_s):
+                        self.events.migrations += 1
+                except LaneError as exc:  # the request stays where it is (it moves last, after the copy)
+                    self._copy_failed([move.src, move.dst], exc)
             return
         ranked = sorted(self.live_replicas(), key=freeness)
         src, dst = ranked[0], ranked[-1]
@@ -566,10 +580,7 @@ class ElasticCluster:
         their requests, whose KV in those layers went with them, prefill again. A restore leaves
         the group standing: the dead member is lost and the group repaired."""
         logger.error("a transition of %s failed: %s", [m.name for m in members], exc)
-        for member in members:
-            if member.alive and not member.responds():
-                member.recover(LaneError(f"replica {member.name} is down", dead=True))
-        dead = [m for m in members if not m.alive]
+        dead = self._found_dead(members)
         if not dead:
             raise exc  # not a death: nothing here knows how to undo it
         for member in members:
@@ -578,6 +589,21 @@ class ElasticCluster:
                 _recompute_running(member)
         for member in dead:
             self._orphans += self._lose(member, exc)
+
+    def _found_dead(self, replicas: list[Replica]) -> list[Replica]:
+        """After a failed copy, which does not say whose worker died: ask each one still serving."""
+        serving = [r for r in replicas if r.alive]
+        for replica in serving:
+            if not replica.responds():
+                replica.recover(LaneError(f"replica {replica.name} is down", dead=True))
+        return [r for r in serving if not r.alive]
+
+    def _copy_failed(self, replicas: list[Replica], exc: LaneError) -> None:
+        """A KV copy between jobs (swap in, migration) failed: a replica found dead is lost, and
+        the others serve on."""
+        logger.error("a KV copy on %s failed: %s", [r.name for r in replicas], exc)
+        for replica in self._found_dead(replicas):
+            self._orphans += self._lose(replica, exc)
 
     def _pinned(self, group: pipeline.PipelineGroup) -> bool:
         """Requests stay with their member while some still wait for their exchanged KV (the sequence

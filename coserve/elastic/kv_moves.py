@@ -39,7 +39,11 @@ def swap_in(replica: Replica, swapped: SwappedRequest, host_bytes_per_s: float) 
     if replica.kv.pool.headroom(replica.kv.owner) < cdiv(request.num_computed_tokens, replica.kv.block_size):
         return False
     replica.kv.allocate_slots(request, 0)
-    replica.kv_cache.write(replica.held_layers(), replica.kv.block_tables[request.request_id], swapped.data)
+    try:
+        replica.kv_cache.write(replica.held_layers(), replica.kv.block_tables[request.request_id], swapped.data)
+    except BaseException:  # the pages hold nothing: give them back before the caller hears of it
+        replica.kv.free(request)
+        raise
     request.status = RequestStatus.RUNNING
     replica.scheduler.running.append(request)
     replica.stall_s += swapped.data.nbytes / host_bytes_per_s
