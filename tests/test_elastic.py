@@ -269,6 +269,27 @@ def test_a_failed_migration_copy_leaves_the_request_where_it_was(tiny, monkeypat
         assert cluster.migration is None and cluster._pool.num_free_blocks == cluster._pool.num_blocks
 
 
+def test_a_served_cluster_keeps_stepping_after_the_burst_until_its_group_restores(tiny):
+    """The server steps an engine only while it says it has work: a group left standing when the
+    last request finished must still count as work, or its layers would stay dropped for good."""
+    from coserve.elastic.serving import ServedCluster
+
+    config, prompts, want, budget = tiny
+    # restore_below 0.01: the group restores only once no request is left (not while the burst drains)
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget, restore_below=0.01)) as cluster:
+        served = ServedCluster(cluster)
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        outputs = _run_all(cluster, prompts)
+        assert {rid: o.outputs[0].token_ids for rid, o in outputs.items()} == want
+        assert cluster.groups and not cluster.has_unfinished_requests() and served.has_unfinished_requests()
+        for _ in range(1000):  # what the server's engine loop does, bounded
+            if not served.has_unfinished_requests():
+                break
+            assert served.step() == []
+        assert not served.has_unfinished_requests() and cluster.events.restores
+        _assert_all_back(cluster, checksums)
+
+
 def test_bad_configuration_and_requests_are_clear_errors(tiny):
     config, prompts, _, budget = tiny
     with pytest.raises(ConfigError, match="strategy"):

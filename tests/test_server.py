@@ -15,6 +15,7 @@ import uvicorn
 from coserve import SamplingParams
 from coserve.entrypoints.openai.server import build_app, load_engines
 from coserve.entrypoints.serve_config import ModelDeployment, ServerConfig
+from coserve.errors import ContextLengthError, OutOfCapacityError
 
 REAL = "smollm2-135m-instruct"
 TINY = "tiny"
@@ -304,6 +305,26 @@ def test_chat_content_parts_and_bad_parts(server, client):
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
     image = {"model": REAL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
     assert httpx.post(server.url + "/v1/chat/completions", json=image, timeout=30).status_code == 400
+
+
+def test_errors_the_engine_finds_after_validation_are_4xx_or_503_not_500(server, monkeypatch):
+    """The engine thread can refuse what the handler let through (a replica set changed between the
+    check and the add: a shrunken context, every replica down): the client hears why, not a 500."""
+    engine = server.engine(TINY)
+    body = {"model": TINY, "prompt": "hello", "max_tokens": 4}
+    cases = ((ContextLengthError("the prompt no longer fits any replica", "prompt"), 400, "invalid_request_error"),
+             (OutOfCapacityError(f"every replica of {TINY!r} is down"), 503, "server_error"))
+    for error, status, kind in cases:
+        def refuse(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr(engine, "add_request", refuse)
+        response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        assert response.status_code == status and response.json()["error"]["message"] == str(error)
+        with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["type"] == kind
+    monkeypatch.undo()
+    assert httpx.post(server.url + "/v1/completions", json=body, timeout=60).status_code == 200
 
 
 def test_engine_failure_is_a_server_error_not_a_completion(server, monkeypatch):

@@ -224,6 +224,10 @@ class ElasticCluster:
             r.has_unfinished_requests() or self.swapped[r.index] or self.handoffs[r.index] or self.exchanging[r.index]
             for r in self.replicas)
 
+    def has_standing_groups(self) -> bool:
+        """A group, or a drop or restore under way: an idle server keeps stepping until it dissolves."""
+        return bool(self.groups or self.transition)
+
     def close(self) -> None:
         for replica in self.replicas:
             replica.close()

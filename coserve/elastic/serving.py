@@ -7,6 +7,7 @@ to the cluster's router, and the gauges sum over the replicas.
 
 from __future__ import annotations
 
+import time
 from collections import ChainMap
 from collections.abc import Callable
 
@@ -14,6 +15,8 @@ from coserve.elastic.cluster import ElasticCluster
 from coserve.elastic.replica import Replica
 from coserve.engine.outputs import RequestOutput
 from coserve.sampling_params import SamplingParams
+
+IDLE_POLL_S = 0.01  # how soon an idle server looks again at a restore under way (a new request waits no longer)
 
 
 class _SchedulerTotals:
@@ -78,10 +81,19 @@ class ServedCluster:
         self.cluster.abort_request(request_id)
 
     def step(self) -> list[RequestOutput]:
-        return self.cluster.step()
+        idle = not self.cluster.has_unfinished_requests()
+        outputs = self.cluster.step()
+        transition = self.cluster.transition
+        if idle and transition is not None:  # only a restore left, its weights crossing: poll, do not spin
+            wait = transition.ready_at - self.cluster.clock()
+            if wait > 0:
+                time.sleep(min(wait, IDLE_POLL_S))
+        return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.cluster.has_unfinished_requests()
+        """Also while a group stands with no request left: the burst is over, so it must restore
+        (the server steps only engines that say they have work)."""
+        return self.cluster.has_unfinished_requests() or self.cluster.has_standing_groups()
 
     def health(self) -> dict[str, str]:
         return self.cluster.health()

@@ -166,6 +166,10 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
             return StreamingResponse(_sse(builder, streams, http_request), media_type="text/event-stream")
         try:
             return JSONResponse(await _collect(builder, streams, http_request))
+        except InvalidRequestError as exc:  # found by the engine (the replica a router chose)
+            return error_response(400, str(exc), "invalid_request_error", exc.param)
+        except OutOfCapacityError as exc:  # e.g. every replica of the model is down
+            return error_response(503, str(exc), "server_error", code="service_unavailable")
         except Exception as exc:
             logger.exception("request %s failed", builder.request_id)
             return error_response(500, f"internal error: {exc}", "server_error")
@@ -259,7 +263,10 @@ async def _sse(builder: ResponseBuilder, streams, http_request: Request) -> Asyn
                 yield _event(chunk)
         for chunk in builder.stream_end():
             yield _event(chunk)
-    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+    except InvalidRequestError as exc:  # headers are sent: report in-band, as OpenAI does
+        yield _event({"error": {"message": str(exc), "type": "invalid_request_error", "param": exc.param,
+                                "code": None}})
+    except Exception as exc:
         logger.exception("stream %s failed", builder.request_id)
         yield _event({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
     yield "data: [DONE]\n\n"
