@@ -66,7 +66,7 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict[st
 class _Stream:
     """What the events said besides text: whether the stream closed properly, and how it ended."""
 
-    done: bool = False  # the server sent `data: [DONE]`
+    done: bool = False  # the server sent `data: [DONE]`; a finished answer's last event
     finish_time: float | None = None  # arrival of the first chunk with a finish_reason
     usage: dict[str, Any] | None = None
 
@@ -94,10 +94,10 @@ async def _read_events(response: aiohttp.ClientResponse, record: RequestRecord, 
 
 
 def _settle(record: RequestRecord, stream: _Stream) -> None:
-    if not record.error and not stream.done:
-        record.error = "the stream closed before data: [DONE]"  # a server that died mid-answer
-    if not record.error and not record.chunk_times and stream.finish_time is None:
-        record.error = "the stream ended without any text or finish_reason"
+    # A server that died mid-answer sends neither; some servers (transformers serve) end a finished
+    # answer with its finish_reason and no [DONE], so either one counts.
+    if not record.error and not stream.done and stream.finish_time is None:
+        record.error = "the stream closed before a finish_reason or data: [DONE]"
     record.success = not record.error
     # An empty answer (the first token was end-of-sequence) has its first token when it finished.
     record.first_token_time = record.chunk_times[0] if record.chunk_times else stream.finish_time
