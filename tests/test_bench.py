@@ -38,12 +38,14 @@ class FakeServer:
     tokens as whitespace-separated words, which is exactly what synthetic prompts are made of."""
 
     def __init__(self, send_usage: bool = True, reject_models: tuple[str, ...] = (),
-                 empty_answers: bool = False, close_early: bool = False, send_done: bool = True):
+                 empty_answers: bool = False, close_early: bool = False, send_done: bool = True,
+                 only_done: bool = False):
         self.send_usage = send_usage
         self.reject_models = reject_models
         self.empty_answers = empty_answers  # the first token is end-of-sequence: no text, finish "stop"
         self.close_early = close_early  # the server dies mid-answer: no finish_reason, no [DONE]
         self.send_done = send_done  # transformers serve ends a stream with its finish_reason alone
+        self.only_done = only_done  # a broken server: `data: [DONE]` and nothing before it
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.loop = asyncio.new_event_loop()
@@ -88,6 +90,9 @@ class FakeServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         send = lambda chunk: response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if self.only_done:
+            await response.write(b"data: [DONE]\n\n")
+            return response
         if chat:  # real servers open a chat stream with a role-only chunk: not a token
             await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         tokens = 1 if self.empty_answers else body["max_tokens"]
@@ -199,6 +204,14 @@ def test_an_empty_answer_succeeds_with_its_first_token_at_the_finish():
     assert result.metrics.overall.ttft_ms.count == 3
 
 
+def test_a_stream_of_nothing_but_done_is_a_failure():
+    workload = WorkloadSpec(models=("m",), num_prompts=2, lengths=LengthSpec(input_len=5, output_len=3))
+    with FakeServer(only_done=True) as server:
+        result = run_benchmark(BenchmarkConfig(workload, server.base_url, slos=SLO(ttft_ms=1e6), disable_tqdm=True))
+    assert result.metrics.overall.completed == 0 and result.metrics.overall.slo_attainment == 0.0
+    assert all("without any text or finish_reason" in record.error for record in result.records)
+
+
 def test_a_stream_cut_before_its_finish_is_a_failure():
     workload = WorkloadSpec(models=("m",), num_prompts=2, lengths=LengthSpec(input_len=5, output_len=3))
     with FakeServer(close_early=True) as server:
@@ -216,7 +229,7 @@ def test_a_stream_cut_before_its_finish_is_a_failure():
     ("--slo", "ttft:0"), ("--slo", "ttft:-5"), ("--slo", "tpot:nan"), ("--slo", "ttft:fast"),
     ("--slo-scale", "nan", "--slo-base-ttft-ms", "10"), ("--slo-scale", "0", "--slo-base-ttft-ms", "10"),
     ("--slo-scale", "2", "--slo-base-ttft-ms", "-1"), ("--timeout", "0"), ("--timeout", "-3"),
-    ("--model", "a", "--request-rate", "nan"), ("--save-result", "/nonexistent-folder/result.json"),
+    ("--model", "a", "--request-rate", "nan"), ("--save-result", "/dev/null/result.json"), ("--save-result", "/"),
 ])
 def test_unusable_options_exit_2_before_any_request(argv, capsys, tmp_path):
     with FakeServer() as server:
@@ -225,6 +238,15 @@ def test_unusable_options_exit_2_before_any_request(argv, capsys, tmp_path):
         assert run(args) == 2
     assert server.bodies == []
     assert capsys.readouterr().err.startswith("coserve bench: ")
+
+
+def test_results_may_go_into_folders_made_for_them(tmp_path):
+    out = tmp_path / "runs" / "7" / "result.json"
+    with FakeServer() as server:
+        args = bench_args("--base-url", server.base_url, "--model", "m", "--num-prompts", "2", "--random-input-len",
+                          "4", "--random-output-len", "2", "--save-result", str(out), "--disable-tqdm")
+        assert run(args) == 0
+    assert json.loads(out.read_text())["metrics"]["overall"]["completed"] == 2
 
 
 def test_duplicate_models_and_an_unwritable_plot_folder_exit_2(tmp_path, capsys):
@@ -246,6 +268,11 @@ def test_a_missing_trace_file_is_a_clear_error(tmp_path, monkeypatch):
         (tmp_path / traces.TRACES["azure-code"].filename).write_text("ContextTokens,TIMESTAMP\n5,x\n")
         with pytest.raises(ValueError, match="azure-code.*cannot be read"):
             LengthSpec("azure-code")
+        for body in ("num_prefill_tokens,num_decode_tokens\ninf,3\n", "num_prefill_tokens,num_decode_tokens\n5\n"):
+            (tmp_path / traces.TRACES["sharegpt-lengths"].filename).write_text(body)  # inf; a short row
+            traces.load_trace.cache_clear()
+            with pytest.raises(ValueError, match="sharegpt-lengths.*cannot be read"):
+                LengthSpec("sharegpt-lengths")
     finally:
         traces.load_trace.cache_clear()
 

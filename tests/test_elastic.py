@@ -71,7 +71,7 @@ def idle_until_restored(cluster: ElasticCluster, seconds: float = 30.0) -> None:
     weights have crossed the (fast, by default) peer link."""
     deadline = time.monotonic() + seconds
     cluster.step()
-    while cluster.groups and time.monotonic() < deadline:
+    while (cluster.groups or cluster.repairs) and time.monotonic() < deadline:
         cluster.step()
 
 
@@ -321,11 +321,12 @@ def test_bad_configuration_and_requests_are_clear_errors(tiny):
         with pytest.raises(ContextLengthError):
             cluster.add_request(list(range(200)) * 2, GREEDY)
         assert not cluster.has_unfinished_requests()
-        # a caller's id that looks like an automatic one: the next automatic id steps past it
-        assert cluster.add_request(prompts[0], GREEDY, "r0") == "r0"
-        assert cluster.add_request(prompts[1], GREEDY) == "r1"
+        # a caller's id that looks like the next automatic one (the refused request above took r0):
+        # the automatic id steps past it
+        assert cluster.add_request(prompts[0], GREEDY, "r1") == "r1"
+        assert cluster.add_request(prompts[1], GREEDY) == "r2"
         with pytest.raises(InvalidRequestError, match="already in use"):
-            cluster.add_request(prompts[2], GREEDY, "r0")
+            cluster.add_request(prompts[2], GREEDY, "r1")
         for rid in list(cluster._request_ids):
             cluster.abort_request(rid)
         assert not cluster.has_unfinished_requests()

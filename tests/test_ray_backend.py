@@ -332,6 +332,35 @@ def _burst_started(cluster: ElasticCluster, prompts) -> dict:
     return outputs
 
 
+@pytest.mark.parametrize("method", ["drop_layer", "restore_layer"])
+def test_a_worker_call_raising_mid_drop_or_restore_is_undone_and_nothing_is_lost(tiny, monkeypatch, method):
+    """Not a death: the call raises (a bug, a lost object) with layers already moved. A drop is
+    undone (layers reloaded, requests recomputed), a restore repaired; both replicas serve on whole."""
+    from coserve.distributed.ray_backend import RayBackend
+    from coserve.distributed.remote_replica import RemoteReplica
+    from coserve.execution.lane import LaneError
+
+    config, prompts, want, budget = tiny
+    real, calls = getattr(RemoteReplica, method), []
+
+    def flaky(self, *args):
+        calls.append(self.name)
+        if len(calls) == 2:  # one layer has moved already
+            raise LaneError(f"injected: {method} raised")
+        return real(self, *args)
+    monkeypatch.setattr(RemoteReplica, method, flaky)
+    elastic = ElasticConfig("drop", memory_budget_bytes=budget, restore_below=0.9)
+    with ElasticCluster(config, elastic, backend=RayBackend()) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        outputs = _finish(cluster, _burst_started(cluster, prompts))
+        idle_until_restored(cluster)
+        assert len(calls) >= 2 and not cluster.repairs
+        assert {rid: o.outputs[0].token_ids for rid, o in outputs.items()} == want
+        assert all(o.error is None for o in outputs.values())
+        assert cluster.health() == {r.name: "ok" for r in cluster.replicas}
+        _assert_all_back(cluster, checksums)
+
+
 def test_a_layer_that_reached_a_worker_unrecorded_is_known_after_a_reload(tiny):
     """The race a restore can lose: the layer's bytes land on the receiver, then the sender dies and
     the copy is reported failed, so the driver's record lacks a layer the worker holds."""

@@ -13,7 +13,6 @@ from coserve.bench.config import BenchmarkConfig
 from coserve.bench.runner import run_benchmark
 from coserve.metrics import SLO, SLOSet, plot_results
 from coserve.workload import DATASETS, LengthSpec, WorkloadSpec
-from coserve.yaml_config import check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         # Before the run, not after it: a result that cannot be saved wastes the whole benchmark.
-        if args.save_result:
-            check_writable(args.save_result, "--save-result")
+        if args.save_result:  # saved with its folders made, as --plot's are
+            if Path(args.save_result).is_dir():
+                raise ValueError(f"--save-result {args.save_result}: that is a folder; name a file in it")
+            _check_writable_folder(str(Path(args.save_result).parent), "--save-result")
         if args.plot:
             _check_writable_folder(args.plot, "--plot")
     except ValueError as exc:
@@ -106,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def _check_writable_folder(path: str, what: str) -> None:
-    """plot_results makes the folder and its parents: the nearest existing one must take new files."""
+    """The folder is made with its parents: the nearest existing one must take new files."""
     target = Path(path).resolve()
     existing = next(folder for folder in (target, *target.parents) if folder.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):

@@ -98,6 +98,8 @@ def _settle(record: RequestRecord, stream: _Stream) -> None:
     # answer with its finish_reason and no [DONE], so either one counts.
     if not record.error and not stream.done and stream.finish_time is None:
         record.error = "the stream closed before a finish_reason or data: [DONE]"
+    if not record.error and not record.chunk_times and stream.finish_time is None:
+        record.error = "the stream ended without any text or finish_reason"  # nothing to time a token by
     record.success = not record.error
     # An empty answer (the first token was end-of-sequence) has its first token when it finished.
     record.first_token_time = record.chunk_times[0] if record.chunk_times else stream.finish_time

@@ -32,7 +32,7 @@ from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
 from coserve.execution.lane import LaneError
 from coserve.sampling_params import SamplingParams
-from coserve.validation import is_finite_number
+from coserve.validation import is_count, is_finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,14 @@ class ElasticConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        budget = self.memory_budget_bytes
+        if is_finite_number(budget) and float(budget).is_integer():  # 8e9 is a fine number of bytes
+            self.memory_budget_bytes = int(budget)
         for name, least in (("num_replicas", 1), ("memory_budget_bytes", 1), ("max_group_size", 2)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_count(value) or value < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+            setattr(self, name, int(value))
         for name in ("host_bytes_per_s", "peer_bytes_per_s"):
             value = getattr(self, name)
             if not (is_finite_number(value) and value > 0):
@@ -371,9 +375,7 @@ class ElasticCluster:
         outputs += dead.fail_requests(stranded, exc)
         group = self.groups.get(dead.index)
         if group is not None:
-            for member in group.members:
-                del self.groups[member.index]
-            self.repairs.append(group)
+            self._to_repair(group)
         elif not any(dead in g.members for g in self.repairs):  # alone (not a group already in repair)
             outputs += self._redispatch(dead, exc)
         return outputs
@@ -518,7 +520,7 @@ class ElasticCluster:
             else:
                 moved = pipeline.restore(group, self.config.peer_bytes_per_s, weights_precopied=True)
         except LaneError as exc:
-            self._transition_failed(members, exc)
+            self._transition_failed(kind, members, group, exc)
             return
         for member in members:
             if kind == "drop":
@@ -578,21 +580,36 @@ class ElasticCluster:
         if not parked:
             del self._seq_caps[replica.index]
 
-    def _transition_failed(self, members: list[Replica], exc: LaneError) -> None:
-        """A member died during a drop or restore. Before a drop's bookkeeping the members are still
-        alone: the dead one is lost, survivors take back any layer they had already let go, and
-        their requests, whose KV in those layers went with them, prefill again. A restore leaves
-        the group standing: the dead member is lost and the group repaired."""
-        logger.error("a transition of %s failed: %s", [m.name for m in members], exc)
+    def _transition_failed(self, kind: str, members: list[Replica], group, exc: LaneError) -> None:
+        """A drop or restore failed: a member died, or a worker's call raised. Before a drop's
+        bookkeeping the members are still alone: a member that had let layers go takes them back,
+        its requests prefilling again (the KV of those layers went with them), and a dead one is
+        lost. A restore leaves the group standing, part restored: it is repaired."""
+        logger.error("a %s of %s failed: %s", kind, [m.name for m in members], exc)
         dead = self._found_dead(members)
-        if not dead:
-            raise exc  # not a death: nothing here knows how to undo it
+        if kind == "restore" and not dead:  # no death to send it to repair: send it all the same
+            self._to_repair(group)
         for member in members:
-            if member.alive and member.index not in self.groups and not member.is_whole():
-                member.reload_layers()
-                _recompute_running(member)
+            if kind == "drop" and member.alive and not member.is_whole():
+                self._orphans += self._reload_alone(member)
         for member in dead:
             self._orphans += self._lose(member, exc)
+
+    def _reload_alone(self, member: Replica) -> list[RequestOutput]:
+        """Reload the layers a replica now serving alone lacks (Ray: from the checkpoint) and
+        recompute its running requests, whose KV lacks them; one that cannot reload is lost."""
+        try:
+            member.reload_layers()
+        except LaneError as exc:  # without its layers it cannot serve: out of service, as if dead
+            member.recover(LaneError(f"replica {member.name} cannot reload its layers: {exc}", dead=True))
+            return self._lose(member, exc)
+        _recompute_running(member)
+        return []
+
+    def _to_repair(self, group: pipeline.PipelineGroup) -> None:
+        for member in group.members:
+            del self.groups[member.index]
+        self.repairs.append(group)
 
     def _found_dead(self, replicas: list[Replica]) -> list[Replica]:
         """After a failed copy, which does not say whose worker died: ask each one still serving."""
@@ -621,7 +638,8 @@ class ElasticCluster:
                        for m in members)
 
     def _repair(self, group: pipeline.PipelineGroup) -> None:
-        """After a member died: every member's requests lost the KV of its layers. The survivors
+        """After a member died (or a restore failed half done): every member's requests lost the
+        KV of some layers. The survivors
         reload the layers they had dropped and serve alone, their requests prefilling again (their
         tokens are all here, so nothing they generate changes); the dead member's requests start
         over elsewhere, or fail if they had produced tokens."""
@@ -635,18 +653,11 @@ class ElasticCluster:
         lost = LaneError(f"a member of pipeline group {group.owner} died")
         outputs: list[RequestOutput] = []
         for member in group.members:
-            if not member.alive:
+            if member.alive:
+                member.scheduler.running[0:0] = parked[member.index]
+                outputs += self._reload_alone(member)
+            else:
                 outputs += self._redispatch(member, lost)
-                continue
-            try:
-                member.reload_layers()
-            except LaneError as exc:  # it died too, while idle: lost like the first (alone now)
-                member.recover(exc)
-                if not member.alive:
-                    outputs += self._lose(member, exc)
-                    continue
-            member.scheduler.running[0:0] = parked[member.index]
-            _recompute_running(member)
         self._orphans += outputs
         self.events.restores.append((self.clock(), [m.name for m in group.members if m.alive], 0))
 

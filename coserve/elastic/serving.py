@@ -7,7 +7,6 @@ to the cluster's router, and the gauges sum over the replicas.
 
 from __future__ import annotations
 
-import time
 from collections import ChainMap
 from collections.abc import Callable
 
@@ -15,8 +14,6 @@ from coserve.elastic.cluster import ElasticCluster
 from coserve.elastic.replica import Replica
 from coserve.engine.outputs import RequestOutput
 from coserve.sampling_params import SamplingParams
-
-IDLE_POLL_S = 0.01  # how soon an idle server looks again at a restore under way (a new request waits no longer)
 
 
 class _SchedulerTotals:
@@ -81,18 +78,14 @@ class ServedCluster:
         self.cluster.abort_request(request_id)
 
     def step(self) -> list[RequestOutput]:
-        idle = not self.cluster.has_unfinished_requests()
-        outputs = self.cluster.step()
-        transition = self.cluster.transition
-        if idle and transition is not None:  # only a restore left, its weights crossing: poll, do not spin
-            wait = transition.ready_at - self.cluster.clock()
-            if wait > 0:
-                time.sleep(min(wait, IDLE_POLL_S))
-        return outputs
+        return self.cluster.step()
 
     def has_unfinished_requests(self) -> bool:
         """Also while a group stands with no request left: the burst is over, so it must restore
-        (the server steps only engines that say they have work)."""
+        (the server steps only engines that say they have work). Stepping without a job to wait for
+        does not block, so the engine thread spins while the weights cross (at the peer link's
+        speed: milliseconds for a model of this size); a sleep here would hold up the other models
+        the same thread steps."""
         return self.cluster.has_unfinished_requests() or self.cluster.has_standing_groups()
 
     def health(self) -> dict[str, str]:

@@ -59,7 +59,7 @@ def load_trace(name: str) -> Trace:
     path = TRACE_DIR / spec.filename
     try:
         return _read(path, spec)
-    except (OSError, KeyError, ValueError, IndexError) as exc:
+    except (OSError, KeyError, ValueError, IndexError, TypeError, OverflowError) as exc:
         # The files ship with the package: a missing or edited one is a broken install, said plainly.
         raise ValueError(f"trace {name!r} cannot be read from {path}: {type(exc).__name__}: {exc}") from exc
 
