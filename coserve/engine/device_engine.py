@@ -13,7 +13,6 @@ then never idle while one popular model has work, which a fixed per-model split 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,14 +24,10 @@ from coserve.engine.multiplexer import Multiplexer
 from coserve.engine.outputs import RequestOutput
 from coserve.engine.quota_adapter import adapt_quotas
 from coserve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from coserve.execution.lane import available_cores
 from coserve.metrics import SLO
 
 logger = logging.getLogger(__name__)
-
-
-def available_cores() -> list[int]:
-    """The cores this process may run on."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
 
 
 def split_cores(num_lanes: int) -> list[list[int]]:

@@ -37,6 +37,10 @@ def _move_to_huge_pages(model: torch.nn.Module) -> None:
 
 
 def max_model_len_of(config: EngineConfig, spec: ModelSpec) -> int:
+    if config.max_model_len is not None and config.max_model_len > spec.max_position_embeddings:
+        # positions past the trained context give unreliable text, as vLLM refuses them too
+        raise ConfigError(f"{config.name}: max_model_len {config.max_model_len} exceeds the model's context of "
+                          f"{spec.max_position_embeddings} tokens")
     return config.max_model_len or min(spec.max_position_embeddings, 32768)
 
 
@@ -106,7 +110,11 @@ class LLMEngine(EngineCore):
                 raise ConfigError(f"no GPU memory left for the KV cache on {self.device} "
                                   f"({free / 2**30:.1f} GiB free); set kv_cache_memory_bytes or num_kv_blocks")
         budget = budget or CPU_DEFAULT_KV_BYTES
-        return max(1, budget // page_bytes(self.spec, config.block_size, self.spec.num_layers, self.dtype))
+        page = page_bytes(self.spec, config.block_size, self.spec.num_layers, self.dtype)
+        if budget < page:
+            raise ConfigError(f"{config.name}: a KV budget of {budget} bytes holds no page ({page} bytes: "
+                              f"{config.block_size} tokens over {self.spec.num_layers} layers)")
+        return budget // page
 
     def step(self) -> list[RequestOutput]:
         out = self.begin_step()

@@ -43,7 +43,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the models in a config")
     p.add_argument("config", nargs="?", help="YAML server config (default: the embedded models)")
     p.add_argument("--host", default=None, help="default: the config's, else 127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="default: the config's, else 8000")
+    p.add_argument("--port", type=_port, default=None, help="default: the config's, else 8000")
     p.add_argument("--backend", choices=("process", "ray"), default="process",
                    help="with a placement file: replicas as local processes, or as Ray actors (coserve[ray])")
     p.add_argument("--strategy", choices=("recompute", "swap", "migrate", "drop", "auto"), default="drop",
@@ -51,6 +51,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="with --backend ray: the Ray cluster to join ('auto': the running one); default: a local one")
     p.set_defaults(func=_serve)
+
+
+def _port(text: str) -> int:
+    if not (text.isdigit() and 0 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {text!r}")
+    return int(text)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -121,7 +127,8 @@ def _profile(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_serve(sub)
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from coserve.engine.config import DEFAULT_MODEL, EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device
 from coserve.engine.llm_engine import LLMEngine
 from coserve.engine.outputs import RequestOutput
-from coserve.errors import UnknownModelError
+from coserve.errors import ConfigError, InvalidRequestError, UnknownModelError
 from coserve.sampling_params import SamplingParams
 
 Prompt = str | list[int]
@@ -26,8 +26,13 @@ class LLM:
     _calls = itertools.count()
 
     def __init__(self, model: str = DEFAULT_MODEL, *, models: Sequence[ColocatedModel | EngineConfig] | None = None,
-                 device: DeviceConfig | None = None, **engine_kwargs):
+                 device: DeviceConfig | str | None = None, **engine_kwargs):
+        """`device`: with one model, where it runs ("cpu", "cuda[:N]", as vLLM's `device=`); with
+        `models=`, the DeviceConfig they share."""
+        _check_arguments(models, device, engine_kwargs)
         if models is None:
+            if isinstance(device, str):
+                engine_kwargs["device"] = device
             self.engine = LLMEngine(EngineConfig(model=model, **engine_kwargs))
             self.engines = {self.engine.config.name: self.engine}
             self._driver = self.engine
@@ -75,12 +80,11 @@ class LLM:
 
         `model`: one name for every prompt, or one per prompt (they then run side by side).
         """
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        prompts = _prompt_list(prompts)
         params_list = _broadcast(params, len(prompts))
-        names = [model] * len(prompts) if model is None or isinstance(model, str) else list(model)
+        names = [model] * len(prompts) if model is None or isinstance(model, str) else _names(model)
         if len(names) != len(prompts):
-            raise ValueError(f"got {len(names)} model names for {len(prompts)} prompts")
+            raise InvalidRequestError(f"got {len(names)} model names for {len(prompts)} prompts", "model")
         engines = [self._engine_of(name) for name in names]
         # validate everything first so a bad prompt rejects the call without queueing the rest
         token_ids = [engine.prompt_token_ids_of(prompt) for engine, prompt in zip(engines, prompts)]
@@ -114,7 +118,9 @@ class LLM:
              params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool | None = None, model: str | None = None) -> list[RequestOutput]:
         engine = self._engine_of(model)
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise InvalidRequestError("messages must be a non-empty list of messages (or of conversations)", "messages")
+        conversations = [messages] if isinstance(messages[0], dict) else messages
         # the template places any BOS token itself, so no special tokens are added when encoding
         prompts = [engine.tokenize(engine.apply_chat_template(c), add_special_tokens=False)
                    for c in conversations]
@@ -131,13 +137,46 @@ class LLM:
         return finished
 
 
+def _check_arguments(models, device, engine_kwargs: dict) -> None:
+    if models is None:
+        if device is not None and not isinstance(device, str):
+            raise ConfigError("a DeviceConfig is for several models on one device: pass models=[...] with it "
+                              "(one model takes device='cpu' or 'cuda[:N]')")
+        return
+    if isinstance(models, (str, EngineConfig, ColocatedModel)) or not isinstance(models, Sequence) or not models:
+        raise ConfigError(f"models must be a non-empty list of EngineConfig or ColocatedModel, got {models!r}")
+    if device is not None and not isinstance(device, DeviceConfig):
+        raise ConfigError(f"with models=, device must be a DeviceConfig, got {device!r}")
+    if engine_kwargs:  # they would be silently dropped: each model's EngineConfig carries its own
+        raise ConfigError(f"with models=, set {sorted(engine_kwargs)} in each model's EngineConfig")
+
+
+def _prompt_list(prompts) -> list[Prompt]:
+    """One prompt (a string or a list of token ids) or a list of them, as a list of prompts."""
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise InvalidRequestError(f"prompts must be a string, a list of token ids, or a non-empty list of those; "
+                                  f"got {type(prompts).__name__}", "prompt")
+    return list(prompts)
+
+
+def _names(model) -> list[str]:
+    names = list(model) if isinstance(model, (list, tuple)) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise InvalidRequestError(f"model must be a name or a list of names, got {model!r}", "model")
+    return names
+
+
 def _broadcast(params, count: int) -> list[SamplingParams]:
     if params is None:
         return [SamplingParams() for _ in range(count)]
     if isinstance(params, SamplingParams):
         return [params] * count
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, SamplingParams) for p in params):
+        raise InvalidRequestError(f"params must be a SamplingParams or a list of them, got {params!r}", "params")
     if len(params) != count:
-        raise ValueError(f"got {len(params)} sampling params for {count} prompts")
+        raise InvalidRequestError(f"got {len(params)} sampling params for {count} prompts", "params")
     return list(params)
 
 

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from coserve.errors import ConfigError
 from coserve.execution.attention import AttentionMetadata, PrefillChunk, get_attention_backend
 from coserve.execution.kv_cache import PagedKVCache
 from coserve.execution.model_runner import StepInputs, forward_stage
 from coserve.execution.models.llama import LlamaModel
+from coserve.validation import is_count
 
 
 @dataclass
@@ -131,9 +133,17 @@ def _serve(conn: Connection, models: dict[str, tuple[LlamaModel, PagedKVCache]],
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def available_cores() -> list[int]:
+    """The cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+
+
 class Lane:
     def __init__(self, index: int, cores: list[int], models: dict[str, tuple[LlamaModel, PagedKVCache]],
                  attention: str = "auto"):
+        usable = available_cores()
+        if not cores or not all(is_count(core) and core in usable for core in cores):
+            raise ConfigError(f"lane {index}: cores {cores!r} are not among this process's cores {usable}")
         self.index = index
         self.cores = cores
         context = mp.get_context("spawn")

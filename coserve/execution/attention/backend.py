@@ -22,15 +22,17 @@ class AttentionBackend(Protocol):
         ...
 
 
+ATTENTION_BACKENDS = ("auto", "sdpa_gather", "cpu_paged")
+
+
 def get_attention_backend(name: str, device: torch.device | str = "cpu") -> AttentionBackend:
     """`auto` picks the in-place CPU kernel when it builds, else the portable gather + SDPA path."""
     from coserve.execution import cpu_kernels
     from coserve.execution.attention.cpu_paged import CpuPagedBackend
     from coserve.execution.attention.sdpa_gather import SdpaGatherBackend
 
-    names = ("auto", "sdpa_gather", "cpu_paged")
-    if name not in names:
-        raise ConfigError(f"attention_backend must be one of {list(names)}, got {name!r}")
+    if name not in ATTENTION_BACKENDS:
+        raise ConfigError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, got {name!r}")
     on_cpu = torch.device(device).type == "cpu"
     if name == "sdpa_gather" or (name == "auto" and not on_cpu):
         return SdpaGatherBackend()

@@ -53,8 +53,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "vocab_size", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ModelConfigError(f"{name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_heads % self.num_kv_heads:
             raise ModelConfigError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
@@ -63,7 +64,22 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelSpec:
+        """ModelConfigError for a config that is not a usable one (a field missing or of the wrong type)."""
+        if not isinstance(config, dict):
+            raise ModelConfigError(f"a model config is a JSON object, got {type(config).__name__}")
+        try:
+            return cls._from_hf_config(config)
+        except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+            if isinstance(exc, ModelConfigError):
+                raise
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise ModelConfigError(f"the model config cannot be read ({detail})") from exc
+
+    @classmethod
+    def _from_hf_config(cls, config: dict[str, Any]) -> ModelSpec:
         archs = config.get("architectures") or ["LlamaForCausalLM"]
+        if isinstance(archs, str) or not isinstance(archs, list):
+            raise ModelConfigError(f"architectures must be a list of names, got {archs!r}")
         arch = archs[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ModelConfigError(

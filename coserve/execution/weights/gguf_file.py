@@ -98,6 +98,8 @@ def spec_from_reader(reader: GGUFReader, path: Path) -> ModelSpec:
         return value
 
     hidden, heads = int(required("embedding_length")), int(required("attention.head_count"))
+    if heads <= 0:
+        raise WeightLoadError(f"{path}: GGUF metadata gives {arch}.attention.head_count = {heads}")
     head_dim = int(key("attention.key_length") or hidden // heads)
     rotary_dims = key("rope.dimension_count")
     if rotary_dims is not None and rotary_dims != head_dim:

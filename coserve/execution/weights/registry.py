@@ -43,6 +43,8 @@ def known_models() -> list[str]:
 
 
 def resolve(model: str) -> ModelSource:
+    if not isinstance(model, str) or not model.strip():
+        raise UnknownModelError(f"a model is named by a non-empty string, got {model!r}")
     if model in BUNDLED:
         return ModelSource("gguf", model, _bundled_path(model))
     if model.startswith(RANDOM_PREFIX):
