@@ -306,6 +306,41 @@ def test_a_served_cluster_keeps_stepping_after_the_burst_until_its_group_restore
         _assert_all_back(cluster, checksums)
 
 
+def test_a_group_restores_beside_a_queue_for_compute_but_not_one_short_of_pages(tiny):
+    """Once the burst is over a request or two may always wait for a sequence slot or the next
+    step; that queue is no reason to stay grouped. One refused pages is."""
+    from coserve.elastic import pipeline
+
+    config, prompts, want, budget = tiny
+    with ElasticCluster(config, ElasticConfig("drop", memory_budget_bytes=budget, restore_below=0.01)) as cluster:
+        checksums = [r.weights_checksum() for r in cluster.replicas]
+        assert {rid: o.outputs[0].token_ids for rid, o in _run_all(cluster, prompts).items()} == want
+        (group,) = {id(g): g for g in cluster.groups.values()}.values()
+        cluster.config.restore_below = 0.9  # demand is now far below one member's pages
+        caps = {m.index: m.scheduler.config.max_num_seqs for m in group.members}
+        for member in group.members:
+            pipeline.tune_scheduler(member, max_num_seqs=1)
+        short = [[1 + i, 2, 3] for i in range(4)]  # a page each: their queue is for sequence slots
+        for i, prompt in enumerate(short):
+            cluster.add_request(prompt, GREEDY, f"late{i}")
+        cluster.dispatch()
+        members = group.members
+        assert any(m.scheduler.waiting for m in members) and not any(m.scheduler.short_of_pages for m in members)
+        assert cluster._should_restore(group)
+        queued = next(m for m in members if m.scheduler.waiting)
+        queued.scheduler.short_of_pages = True  # the same queue, refused pages: the group holds
+        assert not cluster._should_restore(group)
+        queued.scheduler.short_of_pages = False
+        late = {}
+        while cluster.has_unfinished_requests():
+            late.update({o.request_id: o.outputs[0].token_ids for o in cluster.step() if o.finished})
+        assert late == {f"late{rid}": tokens for rid, tokens in _reference(config, short)[0].items()}
+        for member in members:
+            pipeline.tune_scheduler(member, max_num_seqs=caps[member.index])
+        idle_until_restored(cluster)
+        _assert_all_back(cluster, checksums)
+
+
 def test_bad_configuration_and_requests_are_clear_errors(tiny):
     config, prompts, _, budget = tiny
     with pytest.raises(ConfigError, match="strategy"):

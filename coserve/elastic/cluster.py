@@ -697,11 +697,13 @@ class ElasticCluster:
         return self._capacity_by_size[size]
 
     def _should_restore(self, group: pipeline.PipelineGroup) -> bool:
-        """No queue, and the group's pages under `restore_below` of what it is held to while the
-        weights cross (one member's own pages): the rest is room for its requests to grow meanwhile."""
-        used = sum(group.used_pages(m) for m in group.members)
-        return not any(m.scheduler.waiting for m in group.members) and self._restore_holds(group) \
-            and used <= self.config.restore_below * pipeline.restore_hold_pages(group)
+        """The group's demand (pages held plus what its queue needs) under `restore_below` of what
+        it is held to while the weights cross (one member's own pages): the rest is room for its
+        requests to grow meanwhile. A queue for compute (sequence slots, token budget) does not
+        keep a group together, only one short of pages does (`_restore_holds`): under steady load
+        after a burst there is nearly always a request or two waiting for the next step."""
+        demand = sum(group.used_pages(m) + queued_pages(m) for m in group.members)
+        return self._restore_holds(group) and demand <= self.config.restore_below * pipeline.restore_hold_pages(group)
 
     def _restore_holds(self, group: pipeline.PipelineGroup) -> bool:
         """Nothing a restore under way cannot go on with: no member short of pages for its queue and
