@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from coserve import LLM, SamplingParams
 from coserve.engine.config import EngineConfig
@@ -48,6 +49,15 @@ def test_a_budget_below_one_page_and_a_context_past_the_models_are_refused():
         LLM(TINY, kv_cache_memory_bytes=100)
     with pytest.raises(ConfigError, match="exceeds the model's context"):
         LLM(TINY, max_model_len=10**6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="not on this machine"):
+        LLM(TINY, device="cuda")
+    with pytest.raises(ConfigError, match="not on this machine"):
+        LLM(models=[EngineConfig(model=TINY, device="cuda:1")],
+            device=DeviceConfig(device="cuda:1", memory_budget_bytes=1 << 30))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import DeviceEngine
 from coserve.engine.device_pool import DeviceKVPool, PageLayout, initial_quotas
-from coserve.engine.llm_engine import LLMEngine
+from coserve.engine.llm_engine import LLMEngine, usable_device
 from coserve.engine.multiplexer import POLICIES
 from coserve.errors import ConfigError
 from coserve.execution.models.spec import DTYPE_BYTES, ModelSpec, parse_dtype
@@ -120,6 +120,7 @@ def plan_device(models: list[ColocatedModel], device: DeviceConfig, specs: dict[
 
 
 def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEngine:
+    usable_device(device.device)
     specs = {m.config.name: load_model(m.config.model, tokenizer=False, layer_range=(0, 1)).spec for m in models}
     plan = plan_device(models, device, specs)
     pool = DeviceKVPool(plan.layout, device.device)

@@ -36,6 +36,17 @@ def _move_to_huge_pages(model: torch.nn.Module) -> None:
         param.data = moved
 
 
+def usable_device(name: str) -> torch.device:
+    """`name` as a torch device, ConfigError if this machine has no such device (checked before
+    any weight is read, which would otherwise fail deep inside torch)."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device {name!r} is not on this machine ({count} CUDA devices visible)")
+    return device
+
+
 def max_model_len_of(config: EngineConfig, spec: ModelSpec) -> int:
     if config.max_model_len is not None and config.max_model_len > spec.max_position_embeddings:
         # positions past the trained context give unreliable text, as vLLM refuses them too
@@ -60,7 +71,7 @@ class LLMEngine(EngineCore):
     """`pool`: a device's shared page pool; without one the engine owns a pool of its own."""
 
     def __init__(self, config: EngineConfig, clock=time.monotonic, pool: DeviceKVPool | None = None):
-        self.device = torch.device(config.device)
+        self.device = usable_device(config.device)
         self.dtype = parse_dtype(config.dtype)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
