@@ -426,9 +426,11 @@ class ElasticCluster:
                 return False
             try:
                 swapped = kv_moves.swap_out(replica, victim, self.config.host_bytes_per_s)
-            except LaneError as exc:  # mid-schedule: the victim is recomputed instead, and a dead
+            except LaneError as exc:
+                # mid-schedule: the victim is recomputed instead; a dead worker then fails the batch
+                # it is about to be given, as any other death
                 logger.error("swapping out %s on %s failed: %s", victim.request_id, replica.name, exc)
-                return False  # worker fails the batch it is about to get, as any other death
+                return False
             if swapped is None:
                 return False
             self.swapped[replica.index].append(swapped)
@@ -639,10 +641,9 @@ class ElasticCluster:
 
     def _repair(self, group: pipeline.PipelineGroup) -> None:
         """After a member died (or a restore failed half done): every member's requests lost the
-        KV of some layers. The survivors
-        reload the layers they had dropped and serve alone, their requests prefilling again (their
-        tokens are all here, so nothing they generate changes); the dead member's requests start
-        over elsewhere, or fail if they had produced tokens."""
+        KV of some layers. The survivors reload the layers they had dropped and serve alone, their
+        requests prefilling again (their tokens are all here, so nothing they generate changes);
+        the dead member's requests start over elsewhere, or fail if they had produced tokens."""
         pipeline.dissolve(group)
         parked = {}
         for member in group.members:  # KV crossing or not, it is recomputed or lost below
