@@ -327,6 +327,23 @@ def test_errors_the_engine_finds_after_validation_are_4xx_or_503_not_500(server,
     assert httpx.post(server.url + "/v1/completions", json=body, timeout=60).status_code == 200
 
 
+def test_a_request_that_loses_every_replica_in_flight_is_a_503(server, monkeypatch):
+    """Accepted, then no replica was left to run it (a cluster rerouting a dead replica's requests
+    finds none): the service is unavailable, which is not an internal error."""
+    engine = server.engine(TINY)
+    real_step = engine.step
+    down = OutOfCapacityError(f"every replica of {TINY!r} is down")
+
+    def lose_everything():
+        monkeypatch.setattr(engine, "step", real_step)
+        return engine.fail_requests([state.request for state in list(engine.states.values())], down)
+    monkeypatch.setattr(engine, "step", lose_everything)
+    response = httpx.post(server.url + "/v1/completions", json={"model": TINY, "prompt": "hello", "max_tokens": 4},
+                          timeout=60)
+    assert response.status_code == 503 and str(down) in response.json()["error"]["message"]
+    assert engine.kv.pool.num_used_blocks == 0
+
+
 def test_engine_failure_is_a_server_error_not_a_completion(server, monkeypatch):
     engine = server.engine(TINY)
     real_execute = engine.runner.execute

@@ -730,4 +730,5 @@ def _failed_output(state, error: BaseException) -> RequestOutput:
     output = RequestOutput(request.request_id, state.prompt, request.prompt_token_ids, [completion], True,
                            state.metrics, request.num_preemptions)
     output.error = f"{type(error).__name__}: {error}"
+    output.unavailable = isinstance(error, OutOfCapacityError)  # e.g. rerouted when no replica was left
     return output

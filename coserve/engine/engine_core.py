@@ -18,7 +18,7 @@ from coserve.engine.kv_cache_manager import KVCacheManager
 from coserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from coserve.engine.request import Request, RequestStatus
 from coserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from coserve.errors import ContextLengthError, InvalidRequestError
+from coserve.errors import ContextLengthError, InvalidRequestError, OutOfCapacityError
 from coserve.execution.models.spec import ModelSpec
 from coserve.sampling_params import SamplingParams
 
@@ -257,6 +257,7 @@ class EngineCore:
             output = self._output(state)
             if request.status is RequestStatus.FINISHED_ERROR:
                 output.error = f"{type(exc).__name__}: {exc}"
+                output.unavailable = isinstance(exc, OutOfCapacityError)
             outputs.append(output)
             self._retire(request.request_id, now)
         return outputs

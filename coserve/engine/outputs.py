@@ -34,3 +34,4 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_preemptions: int = 0
     error: str | None = None
+    unavailable: bool = False  # the error is that no replica could take the request (a 503, not a 500)

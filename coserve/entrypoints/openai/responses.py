@@ -10,7 +10,12 @@ from coserve.engine.outputs import RequestOutput
 
 
 class EngineRequestError(RuntimeError):
-    """The engine failed this request (for instance a failed step); the client gets a server error."""
+    """The engine failed this request (for instance a failed step); the client gets a server error,
+    a 503 when `unavailable` (no replica was left to take it)."""
+
+    def __init__(self, message: str, unavailable: bool = False):
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 @dataclass
@@ -38,7 +43,7 @@ class ResponseBuilder:
 
     def record(self, index: int, output: RequestOutput) -> None:
         if output.error:
-            raise EngineRequestError(output.error)
+            raise EngineRequestError(output.error, output.unavailable)
         choice = self.choices[index]
         completion = output.outputs[0]
         choice.text = completion.text

@@ -25,7 +25,7 @@ from coserve.engine.device_engine import DeviceEngine
 from coserve.engine.llm_engine import LLMEngine
 from coserve.entrypoints.openai.prometheus import EngineMetrics
 from coserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
-from coserve.entrypoints.openai.responses import ResponseBuilder
+from coserve.entrypoints.openai.responses import EngineRequestError, ResponseBuilder
 from coserve.entrypoints.placement_serve import build_clusters, is_placement, server_config_for
 from coserve.entrypoints.serve_config import ServerConfig, load_config
 from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
@@ -169,6 +169,11 @@ def build_app(engines: dict[str, LLMEngine] | DeviceEngine, config: ServerConfig
         except InvalidRequestError as exc:  # found by the engine (the replica a router chose)
             return error_response(400, str(exc), "invalid_request_error", exc.param)
         except OutOfCapacityError as exc:  # e.g. every replica of the model is down
+            return error_response(503, str(exc), "server_error", code="service_unavailable")
+        except EngineRequestError as exc:
+            if not exc.unavailable:
+                logger.error("request %s failed: %s", builder.request_id, exc)
+                return error_response(500, f"internal error: {exc}", "server_error")
             return error_response(503, str(exc), "server_error", code="service_unavailable")
         except Exception as exc:
             logger.exception("request %s failed", builder.request_id)
