@@ -33,3 +33,21 @@ def test_larger_batches_and_other_dtypes_take_the_pytorch_path():
         wide = torch.randn(9, 8)
         layer32 = torch.nn.Linear(8, 5)
         assert torch.equal(cpu_kernels.linear(wide, layer32), F.linear(wide, layer32.weight, layer32.bias))
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp_path):
+    """torch's loader would wait for a leftover lock forever: every later start would hang."""
+    import os
+    import time
+
+    from coserve.execution.cpu_kernels import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    clear_stale_lock(tmp_path)
+    assert lock.exists()  # another process may be building right now
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    clear_stale_lock(tmp_path)
+    assert not lock.exists()
+    clear_stale_lock(tmp_path)  # no lock at all: nothing to do

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import platform
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -33,12 +34,37 @@ def load():
 
                 # -fopenmp turns at::parallel_for on (without it the kernels run on one thread)
                 flags = ["-O3", "-march=native", "-fopenmp"]
-                _module = build(f"coserve_cpu_kernels_{_cpu_fingerprint()}", [str(s) for s in _SOURCES],
-                                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+                name = f"coserve_cpu_kernels_{_cpu_fingerprint()}"
+                clear_stale_lock(_build_dir(name))
+                _module = build(name, [str(s) for s in _SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                verbose=False)
             except Exception as exc:  # no compiler or headers: the PyTorch paths still work
                 _failure = f"{type(exc).__name__}: {exc}"
                 logger.warning("coserve CPU kernels unavailable, using PyTorch paths: %s", _failure)
     return _module
+
+
+STALE_LOCK_S = 300.0  # a build takes about 30 s (a minute on a slow VM)
+
+
+def _build_dir(name: str) -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def clear_stale_lock(build_dir: Path) -> None:
+    """torch's loader waits, with no time limit, while another process's build holds `lock` in the
+    build folder; a build that was killed leaves the lock behind, and every later start would hang
+    on it. A lock older than any build takes is such a leftover: remove it."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:  # no lock: nobody is building
+        return
+    if age > STALE_LOCK_S:
+        logger.warning("removing %s, left %.0f s ago by a kernel build that did not finish", lock, age)
+        lock.unlink(missing_ok=True)
 
 
 def _cpu_fingerprint() -> str:
