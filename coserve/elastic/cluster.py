@@ -32,7 +32,7 @@ from coserve.engine.scheduler import SchedulerOutput
 from coserve.errors import ConfigError, InvalidRequestError, OutOfCapacityError, UnknownModelError
 from coserve.execution.lane import LaneError
 from coserve.sampling_params import SamplingParams
-from coserve.validation import is_count, is_finite_number
+from coserve.validation import is_count, is_finite_number, whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ class ElasticConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
-        budget = self.memory_budget_bytes
-        if is_finite_number(budget) and float(budget).is_integer():  # 8e9 is a fine number of bytes
-            self.memory_budget_bytes = int(budget)
+        if whole_number(self.memory_budget_bytes) is not None:  # 8e9 is a fine number of bytes
+            self.memory_budget_bytes = whole_number(self.memory_budget_bytes)
         for name, least in (("num_replicas", 1), ("memory_budget_bytes", 1), ("max_group_size", 2)):
             value = getattr(self, name)
             if not is_count(value) or value < least:

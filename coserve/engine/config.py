@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from coserve.errors import ConfigError
 from coserve.execution.attention.backend import ATTENTION_BACKENDS
 from coserve.execution.models.spec import DTYPE_NAMES
-from coserve.validation import is_count, is_finite_number
+from coserve.validation import is_count, is_finite_number, whole_number
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -53,9 +53,9 @@ class EngineConfig:
                               f"max_num_seqs ({self.max_num_seqs})")
         budget = self.kv_cache_memory_bytes
         if budget is not None:
-            if not (is_finite_number(budget) and budget > 0 and float(budget).is_integer()):
+            if whole_number(budget) is None or budget <= 0:
                 raise ConfigError(f"kv_cache_memory_bytes must be a whole number of bytes > 0, got {budget!r}")
-            self.kv_cache_memory_bytes = int(budget)  # 1e9 from a script is a fine budget
+            self.kv_cache_memory_bytes = whole_number(budget)  # 1e9 from a script is a fine budget
         if not (is_finite_number(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):

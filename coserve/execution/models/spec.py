@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from coserve.errors import ModelConfigError
+from coserve.validation import is_count
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -54,7 +55,7 @@ class ModelSpec:
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "vocab_size", "max_position_embeddings"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not is_count(value) or value <= 0:
                 raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_heads % self.num_kv_heads:
             raise ModelConfigError(
