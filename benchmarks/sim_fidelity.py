@@ -1,13 +1,15 @@
 """Measured vs simulated: the real engine on this CPU, then the simulator with fitted costs.
 
-    python benchmarks/sim_fidelity.py [--num-prompts 192] [--repeats 2] [--rate 1.0] [--reprofile | --refit]
-                                      [--calibrate]
+    python benchmarks/sim_fidelity.py [--num-prompts 192] [--repeats 2] [--load 0.7 | --rate R]
+                                      [--reprofile | --refit] [--calibrate]
 
 Two set-ups, each run for real (lanes are worker processes, real clock) and then simulated
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
 `coserve profile` fits to timed lane jobs of this machine; profiles are cached under costs/):
 - single: SmolLM2-135M alone, one lane on both cores;
 - mux: the three-model set-up of benchmarks/multiplexing.py under `mux` (two one-core lanes).
+Requests arrive (Poisson) at `--load` times the rate the simulated set-up sustains when saturated,
+so the same command loads a fast and a slow machine alike; `--rate` fixes the rate instead.
 Prints measured (the mean of `--repeats` real runs of the same requests) and simulated throughput
 and p50/p99 TTFT and TPOT with the relative error of each, and the real runs' spread ((max - min)
 / mean: what the machine itself varies), writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
@@ -33,6 +36,7 @@ from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
 COSTS = Path(__file__).resolve().parent.parent / "costs"
 SETUPS = {"single": ["smollm2"], "mux": list(MODELS)}
+LOAD = 0.7
 
 
 def cost_file(name: str, cores: int, args) -> FittedModel:
@@ -70,15 +74,11 @@ def run_setup(setup: str, args) -> dict:
     to SmolLM2 only, on one lane of both cores."""
     names = SETUPS[setup]
     policy = "temporal" if setup == "single" else "mux"
-    alpha = None if setup == "single" else args.alpha
-    lengths = LengthSpec("sharegpt-lengths", max_input_len=args.max_input_len, max_output_len=args.max_output_len)
-    workload = WorkloadSpec(tuple(names), args.num_prompts, args.rate, alpha=alpha, seed=args.seed, lengths=lengths)
-    shares = dict(zip(names, workload.weights().tolist()))
-    rates = {n: shares.get(n, 0.0) * args.rate or 1e-9 for n in MODELS}  # only sizes spare pages
-    requests = generate_workload(workload)
-
     lanes = [len(cores) for cores in lane_cores(policy)]
     fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
+    capacity = simulated_capacity(setup, lanes, fitted, args)
+    rate = args.rate if args.load is None else args.load * capacity
+    requests, rates = workload(setup, rate, args)
     runs, probes = [], []
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
         if args.calibrate:  # before each real run, never during one: the probe sees none of its jobs
@@ -103,10 +103,33 @@ def run_setup(setup: str, args) -> dict:
 
     def error(sim: dict) -> dict:
         return {k: abs(sim[k] - measured[k]) / measured[k] for k in measured if measured[k]}
-    return {"measured": measured, "simulated": simulated, "relative_error": error(simulated),
+    return {"simulated_capacity_req_s": capacity, "rate": rate,
+            "measured": measured, "simulated": simulated, "relative_error": error(simulated),
             "machine_speed": speed, "simulated_uncalibrated": uncalibrated,
             "relative_error_uncalibrated": error(uncalibrated),
             "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
+
+
+def workload(setup: str, rate: float, args) -> tuple[list, dict[str, float]]:
+    """The set-up's requests at `rate` (inf: all at t=0) and each model's rate for the device's
+    quotas. The lengths and the order of arrivals do not depend on the rate, only their spacing."""
+    names = SETUPS[setup]
+    alpha = None if setup == "single" else args.alpha
+    lengths = LengthSpec("sharegpt-lengths", max_input_len=args.max_input_len, max_output_len=args.max_output_len)
+    spec = WorkloadSpec(tuple(names), args.num_prompts, rate, alpha=alpha, seed=args.seed, lengths=lengths)
+    shares = dict(zip(names, spec.weights().tolist()))
+    nominal = rate if math.isfinite(rate) else 1.0  # quotas follow the shares, whatever the total
+    rates = {n: shares.get(n, 0.0) * nominal or 1e-9 for n in MODELS}  # only sizes spare pages
+    return generate_workload(spec), rates
+
+
+def simulated_capacity(setup: str, lanes: list[int], fitted: dict[str, FittedModel], args) -> float:
+    """Requests per second the simulated set-up completes with all of them queued at t=0: what
+    --load is a fraction of. A fixed rate would be a different load on a faster or slower machine;
+    a fraction of what this machine's cost files can serve is the same load on every machine."""
+    requests, rates = workload(setup, math.inf, args)
+    records = simulate(setup, requests, rates, lanes, fitted, {}, args)[1]
+    return len(records) / max(r.end_time for r in records)
 
 
 def engine_config(name: str) -> EngineConfig:
@@ -144,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=2, help="real runs per set-up (measured = their mean)")
-    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--load", type=float, default=LOAD,
+                        help="request rate as a fraction of the set-up's simulated capacity (see simulated_capacity)")
+    parser.add_argument("--rate", type=float, default=None, help="a fixed request rate (req/s) instead of --load")
     parser.add_argument("--alpha", type=float, default=1.3)
     parser.add_argument("--kv-bytes", type=int, default=256 << 20)
     parser.add_argument("--max-input-len", type=int, default=256)
@@ -158,6 +183,10 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true", help="fit the samples saved in costs/ again (no profiling)")
     parser.add_argument("--output", default="results/sim_fidelity.json")
     args = parser.parse_args()
+    if args.rate is not None:
+        args.load = None
+    if not (args.load is None or 0 < args.load < math.inf) or not (args.rate is None or 0 < args.rate < math.inf):
+        parser.error("--load and --rate must be positive and finite")
 
     results = {setup: run_setup(setup, args) for setup in args.setups}
     for setup, r in results.items():
