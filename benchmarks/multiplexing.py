@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
-import numpy as np
-
 from coserve import SamplingParams
+from coserve.bench.in_process import prompt_ids, replay
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device, memory_bill
 from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.execution.weights import load_model
-from coserve.metrics import SLO, LatencySLO, RequestRecord, compute_metrics
-from coserve.simulator.records import complete
+from coserve.metrics import SLO, LatencySLO, compute_metrics
 from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
 REAL = "smollm2-135m-instruct"
@@ -77,33 +74,6 @@ def make_device(policy: str, kv_bytes: int, rates: dict[str, float], slos: dict[
     device = DeviceConfig(policy=policy, memory_budget_bytes=device_budget(kv_bytes), lane_cores=lane_cores(policy),
                           spread_batches=spread)
     return build_device(models, device)
-
-
-def prompt_ids(request_id: int, length: int) -> list[int]:
-    rng = np.random.default_rng(request_id)
-    return rng.integers(100, 40000, size=length).tolist()
-
-
-def run_load(device: DeviceEngine, requests, rate_label: str) -> list[RequestRecord]:
-    """Release each request at its arrival time (real clock) and record what happened to it."""
-    pending = sorted(requests, key=lambda r: r.arrival_time)
-    records: dict[str, RequestRecord] = {}
-    start = time.monotonic()
-    while pending or device.has_unfinished_requests():
-        now = time.monotonic() - start
-        while pending and pending[0].arrival_time <= now:
-            req = pending.pop(0)
-            rid = f"{rate_label}-{req.request_id}"
-            params = SamplingParams(temperature=0, max_tokens=req.output_len, ignore_eos=True)
-            device.engines[req.model].add_request(prompt_ids(req.request_id, req.input_len), params, rid)
-            records[rid] = RequestRecord(req.request_id, req.model, now, now, req.input_len, req.output_len)
-        if not device.has_unfinished_requests():
-            time.sleep(max(0.0, min(0.05, pending[0].arrival_time - now)) if pending else 0)
-            continue
-        for output in device.step():
-            if output.finished:
-                complete(records[output.request_id], output, start)
-    return list(records.values())
 
 
 def alone(device: DeviceEngine, model: str, prompt_len: int, max_tokens: int, request_id: int):
@@ -147,7 +117,7 @@ def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, targets, r
     base_policy = policy.removesuffix("-nospread")
     device = make_device(base_policy, kv_bytes, rates, targets, spread=policy == base_policy)
     try:
-        records = run_load(device, generate_workload(workload), f"{policy}-{workload.request_rate}")
+        records = replay(device, generate_workload(workload), f"{policy}-{workload.request_rate}")
     finally:
         device.close()
     metrics = compute_metrics(records, slos, models=tuple(MODELS))

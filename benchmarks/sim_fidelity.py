@@ -24,8 +24,9 @@ import json
 import math
 from pathlib import Path
 
-from multiplexing import MODELS, device_budget, lane_cores, make_device, run_load
+from multiplexing import MODELS, device_budget, lane_cores, make_device
 
+from coserve.bench.in_process import replay
 from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds, speed_probe
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import available_cores
@@ -87,7 +88,7 @@ def run_setup(setup: str, args) -> dict:
                            for size in sorted(set(lanes))})  # SmolLM2's probe stands for every model
         device = make_device(policy, args.kv_bytes, rates)
         try:
-            records = run_load(device, requests, setup)
+            records = replay(device, requests, setup)
             runs.append(summary(records))
             models_measured = per_model(records)
         finally:

@@ -461,3 +461,54 @@ def test_steady_throughput_is_the_offered_rate_of_a_server_that_keeps_up():
     assert steady_throughput(records + failed, window / 3, window) == steady
     with pytest.raises(ValueError):
         steady_throughput(records, 5.0, 5.0)
+
+
+class _OneAtATimeDevice:
+    """Serves one request per step, first come first served; a step takes STEP seconds on the fake
+    clock and ends with that request's only token."""
+
+    STEP = 1.0
+
+    def __init__(self, clock: list[float]):
+        self.clock = clock
+        self.queue: list[str] = []
+        self.engines = {"m": self}
+
+    def add_request(self, prompt, params, request_id):
+        self.queue.append(request_id)
+
+    def has_unfinished_requests(self):
+        return bool(self.queue)
+
+    def step(self):
+        from coserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+
+        self.clock[0] += self.STEP
+        now = self.clock[0]
+        request_id = self.queue.pop(0)
+        metrics = RequestMetrics(arrival_time=now - self.STEP, first_token_time=now, last_token_time=now,
+                                 token_times=[now])
+        return [RequestOutput(request_id, None, [1], [CompletionOutput(0, "", [7], "length")], True, metrics)]
+
+
+def test_in_process_replay_counts_the_wait_for_a_step_in_ttft():
+    """A request that arrives while the device is in a step waits for the step to end before its
+    engine sees it; its TTFT runs from its arrival (as a client would measure), not from then."""
+    from coserve.bench.in_process import replay
+    from coserve.workload import WorkloadRequest
+
+    clock = [100.0]  # any origin: records are relative to the replay's start
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    device = _OneAtATimeDevice(clock)
+    requests = [WorkloadRequest(0, "m", 0.0, 8, 1), WorkloadRequest(1, "m", 0.25, 8, 1),
+                WorkloadRequest(2, "m", 5.0, 8, 1)]
+    records = {r.request_id: r for r in replay(device, requests, "x", clock=lambda: clock[0], sleep=sleep)}
+    # request 0 runs in [0, 1]; request 1 is picked up at 1 and runs in [1, 2]; the device is idle
+    # from 2 until request 2 arrives at 5 and runs in [5, 6]
+    assert records[0].ttft == pytest.approx(1.0)
+    assert records[1].ttft == pytest.approx(2.0 - 0.25)
+    assert records[2].ttft == pytest.approx(1.0)
+    assert all(r.success and r.output_tokens == 1 for r in records.values())
