@@ -205,3 +205,31 @@ def test_extreme_seed_and_top_k_values_are_handled(smollm2_llm):
     assert all(len(o.outputs[0].token_ids) == 3 for o in outs)
     greedy = smollm2_llm.generate("b", SamplingParams(temperature=0, max_tokens=3))[0]
     assert outs[1].outputs[0].token_ids == greedy.outputs[0].token_ids  # tiny temperature acts greedy
+
+
+def test_a_request_waiting_for_the_engine_thread_counts_that_wait_in_its_ttft():
+    """The server stamps a request when it receives it; the engine thread, busy with a step, adds it
+    later. Its TTFT (and its age to the scheduler) runs from receipt, as a client measures it."""
+    import asyncio
+
+    from coserve.engine.async_engine import AsyncEngine
+    from coserve.engine.config import EngineConfig
+    from coserve.engine.llm_engine import LLMEngine
+
+    now = [10.0]
+    engine = LLMEngine(EngineConfig(model="random:llama-tiny", num_kv_blocks=16, max_num_seqs=4), clock=lambda: now[0])
+    served = AsyncEngine({"m": engine})  # its thread is not started: the test plays it
+
+    async def receive():
+        served.submit("m", [5, 6, 7], SamplingParams(temperature=0, max_tokens=2), "late")
+
+    asyncio.run(receive())  # received at t=10
+    now[0] = 12.5  # the thread was in a step until now
+    served._drain_commands(block=False)
+    assert engine.states["late"].metrics.arrival_time == 10.0
+    now[0] = 13.0
+    first = next(o for o in engine.step() if o.request_id == "late")
+    assert first.metrics.first_token_time - first.metrics.arrival_time == pytest.approx(3.0)
+    with pytest.raises(InvalidRequestError):
+        engine.add_request([1, 2], SamplingParams(max_tokens=1), "bad", arrival_time=float("nan"))
+    assert "bad" not in engine.states

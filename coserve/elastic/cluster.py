@@ -178,7 +178,7 @@ class ElasticCluster:
     # -- requests --------------------------------------------------------------------------------
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, model: str | None = None) -> str:
+                    request_id: str | None = None, model: str | None = None, arrival_time: float | None = None) -> str:
         if model is not None and model != self.model:
             raise UnknownModelError(f"the model {model!r} does not exist; available: [{self.model!r}]")
         first = self.replicas[0]
@@ -187,15 +187,17 @@ class ElasticCluster:
             request_id = next(rid for rid in (f"r{n}" for n in self._next_id) if rid not in self._request_ids)
         if request_id in self._request_ids:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
-        self._route(prompt, params, request_id, token_ids)
+        self._route(prompt, params, request_id, token_ids, arrival_time)
         self._request_ids.add(request_id)
         return request_id
 
-    def _route(self, prompt, params: SamplingParams | None, request_id: str, token_ids: list[int]) -> None:
+    def _route(self, prompt, params: SamplingParams | None, request_id: str, token_ids: list[int],
+               arrival_time: float | None = None) -> None:
         live = self.live_replicas()
         if not live:
             raise OutOfCapacityError(f"every replica of {self.model!r} is down")
-        pick_replica(live, len(token_ids)).add_request(prompt, params, request_id, prompt_token_ids=token_ids)
+        pick_replica(live, len(token_ids)).add_request(prompt, params, request_id, prompt_token_ids=token_ids,
+                                                        arrival_time=arrival_time)
 
     def live_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
@@ -390,7 +392,7 @@ class ElasticCluster:
             replica.abort_request(request.request_id)
             try:
                 self._route(state.prompt or request.prompt_token_ids, request.params, request.request_id,
-                            request.prompt_token_ids)
+                            request.prompt_token_ids, state.metrics.arrival_time)
             except Exception as error:  # nowhere left to run it
                 self._request_ids.discard(request.request_id)
                 outputs.append(_failed_output(state, error))

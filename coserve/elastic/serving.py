@@ -71,8 +71,8 @@ class ServedCluster:
         self._front().check_length(prompt_len, params)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
-        return self.cluster.add_request(prompt, params, request_id)
+                    request_id: str | None = None, arrival_time: float | None = None) -> str:
+        return self.cluster.add_request(prompt, params, request_id, arrival_time=arrival_time)
 
     def abort_request(self, request_id: str) -> None:
         self.cluster.abort_request(request_id)

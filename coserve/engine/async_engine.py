@@ -14,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -102,7 +103,8 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
         self._owner[request_id] = model
-        self._commands.put(("add", model, prompt_token_ids, params, request_id))
+        arrival = getattr(self.engines[model], "clock", time.monotonic)()  # on receipt, not when the thread gets to it
+        self._commands.put(("add", model, prompt_token_ids, params, request_id, arrival))
         return self._outputs(request_id, stream)
 
     async def _outputs(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
@@ -166,13 +168,13 @@ class AsyncEngine:
     def _run_command(self, command: tuple) -> None:
         kind = command[0]
         if kind == "add":
-            _, model, prompt_ids, params, request_id = command
+            _, model, prompt_ids, params, request_id, arrival = command
             with self._lock:
                 self._pending[model] -= 1
             if request_id not in self._streams:
                 return  # aborted before it reached the engine
             try:
-                self.engines[model].add_request(prompt_ids, params, request_id)
+                self.engines[model].add_request(prompt_ids, params, request_id, arrival_time=arrival)
             except Exception as exc:  # validated already; anything here is reported, not fatal
                 self._send(request_id, exc)
                 self._owner.pop(request_id, None)

@@ -21,6 +21,7 @@ from coserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from coserve.errors import ContextLengthError, InvalidRequestError, OutOfCapacityError
 from coserve.execution.models.spec import ModelSpec
 from coserve.sampling_params import SamplingParams
+from coserve.validation import is_finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,16 @@ class EngineCore:
                                                   add_generation_prompt=True)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, prompt_token_ids: list[int] | None = None) -> str:
-        """Queue a request; `prompt_token_ids`, when the caller already tokenised `prompt`, skips that."""
+                    request_id: str | None = None, prompt_token_ids: list[int] | None = None,
+                    arrival_time: float | None = None) -> str:
+        """Queue a request; `prompt_token_ids`, when the caller already tokenised `prompt`, skips that.
+        `arrival_time` (this engine's clock; default now): when the request reached the system. A
+        server stamps it on receipt, so the wait for its engine thread, busy with a step, counts in
+        the request's TTFT and in how long the scheduler and the multiplexer see it waiting."""
         params = params or SamplingParams()
         params.validate()
+        if arrival_time is not None and not is_finite_number(arrival_time):
+            raise InvalidRequestError(f"arrival_time must be a finite number, got {arrival_time!r}", "arrival_time")
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self.states:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
@@ -102,7 +109,8 @@ class EngineCore:
         request = Request(request_id, token_ids, params, eos_token_ids=self.eos_token_ids,
                           max_model_len=self.max_model_len)
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
-        self.adopt_state(RequestState(request, text, detokenizer, RequestMetrics(self.clock())))
+        arrived = self.clock() if arrival_time is None else arrival_time
+        self.adopt_state(RequestState(request, text, detokenizer, RequestMetrics(arrived)))
         self.scheduler.add_request(request)
         return request_id
 
