@@ -168,8 +168,8 @@ def test_a_dead_actor_fails_what_it_started_and_reroutes_what_it_had_not(tiny):
     config = EngineConfig(model=config.model, max_num_seqs=2, max_num_batched_tokens=128)
     with ElasticCluster(config, ElasticConfig("recompute", memory_budget_bytes=1 << 30),
                         backend=RayBackend()) as cluster:
-        for i, prompt in enumerate(prompts[:6]):
-            cluster.add_request(prompt, GREEDY, str(i))
+        for i, prompt in enumerate(prompts[:6]):  # arrivals far from now: one reset at the move would show
+            cluster.add_request(prompt, GREEDY, str(i), arrival_time=1000.0 + i)
         victim = cluster.replicas[1]
         outputs: dict = {}
         while not any(r.num_output_tokens for r in victim.scheduler.running):
@@ -184,6 +184,8 @@ def test_a_dead_actor_fails_what_it_started_and_reroutes_what_it_had_not(tiny):
             assert outputs[rid].error and "died" in outputs[rid].error
         for rid in set(outputs) - started:  # the rest, rerouted ones included, are whole and right
             assert outputs[rid].error is None and outputs[rid].outputs[0].token_ids == want[rid]
+        for rid in queued:  # moved to the survivor, their TTFT still from their first arrival
+            assert outputs[rid].metrics.arrival_time == 1000.0 + int(rid)
         assert len(outputs) == 6
         survivor = cluster.replicas[0]
         assert survivor.kv.pool.num_free_blocks == survivor.kv.pool.num_blocks
