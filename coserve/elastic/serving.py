@@ -50,6 +50,11 @@ class ServedCluster:
         return max(live or self.cluster.replicas, key=lambda r: r.kv.pool.capacity(r.kv.owner))
 
     @property
+    def clock(self):
+        """The replicas' clock: a server stamps arrivals with it."""
+        return self.cluster.clock
+
+    @property
     def states(self) -> ChainMap:
         return ChainMap(*(r.states for r in self.cluster.replicas))
 
