@@ -192,7 +192,7 @@ class ElasticCluster:
         return request_id
 
     def _route(self, prompt, params: SamplingParams | None, request_id: str, token_ids: list[int],
-               arrival_time: float | None = None) -> None:
+               arrival_time: float | None) -> None:
         live = self.live_replicas()
         if not live:
             raise OutOfCapacityError(f"every replica of {self.model!r} is down")

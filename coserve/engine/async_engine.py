@@ -14,7 +14,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -103,7 +102,7 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
         self._owner[request_id] = model
-        arrival = getattr(self.engines[model], "clock", time.monotonic)()  # on receipt, not when the thread gets to it
+        arrival = self.engines[model].clock()  # on receipt, not when the engine thread gets to it
         self._commands.put(("add", model, prompt_token_ids, params, request_id, arrival))
         return self._outputs(request_id, stream)
 
