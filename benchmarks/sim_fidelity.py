@@ -13,8 +13,11 @@ so the same command loads a fast and a slow machine alike; `--rate` fixes the ra
 Prints measured (the mean of `--repeats` real runs of the same requests) and simulated throughput
 and p50/p99 TTFT and TPOT with the relative error of each, and the real runs' spread ((max - min)
 / mean: what the machine itself varies), writes JSON, and ends with one line of JSON: {"max_relative_error": ..}.
-With --calibrate, part of the profile runs again before each real run and the simulation runs at
-the machine's speed then (the errors of the simulation as profiled are printed beside).
+With --calibrate, part of the profile runs again before and after each real run, and each run is
+simulated at the mean of its two probes (the headline). Beside it are printed the simulation as
+profiled and the simulation of each run at the speed its own lane jobs ran against the cost files
+(costmodel/job_meter.py): that column holds the machine's drift out, so its error is the
+simulator's own (scheduling, queueing, the fit's shape), not the VM's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from multiplexing import MODELS, device_budget, lane_cores, make_device
 
 from coserve.bench.in_process import replay
+from coserve.costmodel.job_meter import JobMeter
 from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds, speed_probe
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_engine import available_cores
@@ -80,35 +84,56 @@ def run_setup(setup: str, args) -> dict:
     capacity = simulated_capacity(setup, lanes, fitted, args)
     rate = args.rate if args.load is None else args.load * capacity
     requests, rates = workload(setup, rate, args)
-    runs, probes = [], []
+    runs, probes, run_speeds = [], [], []
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
-        if args.calibrate:  # before each real run, never during one: the probe sees none of its jobs
-            probes.append({str(size): speed_probe(engine_config("smollm2"), available_cores()[:size],
-                                                  fitted["smollm2"].samples[str(size)]["alone"])
-                           for size in sorted(set(lanes))})  # SmolLM2's probe stands for every model
+        before = probe(fitted, lanes) if args.calibrate else {}  # never during a run: it would take its cores
         device = make_device(policy, args.kv_bytes, rates)
+        meter = JobMeter(device, FittedCost(fitted, [str(size) for size in lanes]))
         try:
             records = replay(device, requests, setup)
-            runs.append(summary(records))
-            models_measured = per_model(records)
         finally:
             device.close()
-    measured = {k: sum(run[k] for run in runs) / len(runs) for k in runs[0]}
+        runs.append(summary(records))
+        models_measured = per_model(records)
+        run_speeds.append(meter.speeds())
+        if args.calibrate:
+            after = probe(fitted, lanes)
+            probes.append({"before": before, "after": after,
+                           "speed": {size: (before[size] + after[size]) / 2 for size in before}})
+    measured = mean(runs)
     spread = {k: (max(run[k] for run in runs) - min(run[k] for run in runs)) / measured[k]
               for k in measured if measured[k]}
 
-    speed = {size: sum(p[size] for p in probes) / len(probes) for size in probes[0]} if probes else {}
-    simulated, simulated_records = simulate(setup, requests, rates, lanes, fitted, speed, args)
-    uncalibrated = simulate(setup, requests, rates, lanes, fitted, {}, args)[0] if speed else simulated
-    by_model = {"measured_last_run": models_measured, "simulated": per_model(simulated_records)}
+    def simulated_runs(speeds: list[dict[str, float]]) -> tuple[dict, list]:
+        """Each real run simulated at its own speed; the mean of their figures, the last run's records."""
+        outcomes = [simulate(setup, requests, rates, lanes, fitted, speed, args) for speed in speeds]
+        return mean([figures for figures, _ in outcomes]), outcomes[-1][1]
 
     def error(sim: dict) -> dict:
         return {k: abs(sim[k] - measured[k]) / measured[k] for k in measured if measured[k]}
+
+    uncalibrated, uncalibrated_records = simulate(setup, requests, rates, lanes, fitted, {}, args)
+    at_run_speed = simulated_runs(run_speeds)[0]
+    simulated, simulated_records = (simulated_runs([p["speed"] for p in probes]) if probes
+                                    else (uncalibrated, uncalibrated_records))
+    by_model = {"measured_last_run": models_measured, "simulated_last_run": per_model(simulated_records)}
     return {"simulated_capacity_req_s": capacity, "rate": rate,
             "measured": measured, "simulated": simulated, "relative_error": error(simulated),
-            "machine_speed": speed, "simulated_uncalibrated": uncalibrated,
+            "probes": probes, "simulated_uncalibrated": uncalibrated,
             "relative_error_uncalibrated": error(uncalibrated),
+            "speed_of_the_runs_jobs": run_speeds, "simulated_at_run_speed": at_run_speed,
+            "relative_error_at_run_speed": error(at_run_speed),
             "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
+
+
+def probe(fitted: dict[str, FittedModel], lanes: list[int]) -> dict[str, float]:
+    """Lane size -> the machine's speed now against the cost files (SmolLM2's probe stands for every model)."""
+    return {str(size): speed_probe(engine_config("smollm2"), available_cores()[:size],
+                                   fitted["smollm2"].samples[str(size)]["alone"]) for size in sorted(set(lanes))}
+
+
+def mean(figures: list[dict]) -> dict:
+    return {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}
 
 
 def workload(setup: str, rate: float, args) -> tuple[list, dict[str, float]]:
@@ -178,8 +203,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
     parser.add_argument("--calibrate", action="store_true",
-                        help="before each real run, rerun part of the profile (speed_probe) and simulate at the "
-                             "machine's speed then; off by default: on this VM the probe varies as much as the drift")
+                        help="before and after each real run, rerun part of the profile (speed_probe) and simulate "
+                             "the run at the machine's speed then")
     parser.add_argument("--reprofile", action="store_true", help="profile again even if costs/ has the files")
     parser.add_argument("--refit", action="store_true", help="fit the samples saved in costs/ again (no profiling)")
     parser.add_argument("--output", default="results/sim_fidelity.json")
@@ -190,18 +215,25 @@ def main() -> None:
         parser.error("--load and --rate must be positive and finite")
 
     results = {setup: run_setup(setup, args) for setup in args.setups}
-    for setup, r in results.items():
-        print(f"{setup}: machine speed against the cost files (lane size: measured / predicted) {r['machine_speed']}")
-    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'simulated':>11}{'rel. error':>11}{'run spread':>11}"
-          f"{'uncalibrated':>14}{'its error':>11}")
+    for setup, r in results.items():  # lane size: how many times slower than profiled
+        for k, jobs in enumerate(r["speed_of_the_runs_jobs"]):
+            probes = r["probes"][k] if r["probes"] else None
+            probed = ", ".join(f"{size}: {probes['before'][size]:.3f} -> {probes['after'][size]:.3f}"
+                               for size in probes["before"]) if probes else "not run"
+            print(f"{setup} run {k + 1}: speed against the cost files, probed before -> after ({probed}); "
+                  f"of the run's own jobs ({', '.join(f'{size}: {v:.3f}' for size, v in jobs.items())})")
+    headline = "simulated (probed speed)" if args.calibrate else "simulated"
+    print(f"\n{'setup':<8}{'metric':<11}{'measured':>11}{'run spread':>11}{headline:>26}{'error':>8}"
+          f"{'as profiled':>13}{'error':>8}{'at the runs speed':>19}{'error':>8}")
     for setup, r in results.items():
         for key, value in r["measured"].items():
-            print(f"{setup:<8}{key:<11}{value:>11.2f}{r['simulated'][key]:>11.2f}{r['relative_error'][key]:>11.1%}"
-                  f"{r['run_to_run_spread'][key]:>11.1%}{r['simulated_uncalibrated'][key]:>14.2f}"
-                  f"{r['relative_error_uncalibrated'][key]:>11.1%}")
+            print(f"{setup:<8}{key:<11}{value:>11.2f}{r['run_to_run_spread'][key]:>11.1%}"
+                  f"{r['simulated'][key]:>26.2f}{r['relative_error'][key]:>8.1%}"
+                  f"{r['simulated_uncalibrated'][key]:>13.2f}{r['relative_error_uncalibrated'][key]:>8.1%}"
+                  f"{r['simulated_at_run_speed'][key]:>19.2f}{r['relative_error_at_run_speed'][key]:>8.1%}")
     for setup, r in results.items():
-        if len(r["per_model"]["simulated"]) > 1:
-            for model, sim in r["per_model"]["simulated"].items():
+        if len(r["per_model"]["simulated_last_run"]) > 1:
+            for model, sim in r["per_model"]["simulated_last_run"].items():
                 real = r["per_model"]["measured_last_run"].get(model, {})
                 print(f"{setup:<8}{model:<10} TPOT p50 {real.get('tpot_p50') or 0:.1f} measured, "
                       f"{sim['tpot_p50'] or 0:.1f} simulated; TTFT p50 {real.get('ttft_p50') or 0:.0f} measured, "

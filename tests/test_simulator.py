@@ -520,3 +520,51 @@ def test_a_split_profile_times_each_batch_spread_over_two_lanes_once(monkeypatch
     samples = prof.profile_split(config, [cores[:1], cores[-1:]])
     assert [shape.sampled for shape, _ in samples] == [2, 2, 1, 1, 1]
     assert all(seconds > 0 for _, seconds in samples)
+
+
+class BlockingSimLanes:
+    """Simulated lanes that block as real ones do: a wait moves the clock to the next job's end."""
+
+    def __init__(self, inner, clock: VirtualClock):
+        self.inner = inner
+        self.clock = clock
+        self.num_lanes = inner.num_lanes
+
+    def submit(self, lane, model, engine, part):
+        self.inner.submit(lane, model, engine, part)
+
+    def wait(self):
+        self.clock.advance_to(self.inner.next_event_time())
+        return self.inner.wait()
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_the_job_meter_reads_how_much_slower_than_their_cost_model_the_lanes_ran(spread):
+    """Lanes whose jobs take 1.7x their fitted cost, with the fitted slowdowns beside a busy lane
+    (1.3) and split over lanes (1.6) on top: the meter sees only the jobs' spans on the clock, as
+    in a real run, and must undo the slowdowns to read 1.7 (2.0+ if it left them in). The replay
+    loop idles between bursts of arrivals, so spans must not include that sleep either."""
+    from coserve.bench.in_process import replay
+    from coserve.costmodel.job_meter import JobMeter
+    from coserve.simulator.cost import CostRegime, FittedCost, FittedModel
+
+    regime = [CostRegime(None, [0.004, 2e-4, 5e-4, 1e-7, 0.0], beside=1.3, split=1.6)]
+    fitted = {name: FittedModel(name, "cpu", {"1": regime}) for name, *_ in MODELS}
+    sim_models = [SimModel(n, m, dtype="float32", rate=rate, max_num_seqs=4, max_num_batched_tokens=64)
+                  for n, m, rate, _ in MODELS]
+    spec = SimDeviceSpec("cpu0", sim_models, 8 << 30, "mux", [0.5, 0.5], device="cpu", spread_batches=spread)
+    slower = FittedCost({n: m.scaled({"1": 1.7}) for n, m in fitted.items()}, ["1", "1"])
+    cluster = SimCluster([spec], lambda device, specs: slower)
+    device, clock = cluster.devices["cpu0"], cluster.clock
+    device.executor = BlockingSimLanes(device.executor, clock)
+    meter = JobMeter(device, FittedCost(fitted, ["1", "1"]), clock=clock)
+
+    requests = [WorkloadRequest(i, r.model, r.arrival_time + 5.0 * (i % 3), r.input_len, r.output_len)
+                for i, r in enumerate(_requests())]
+    records = replay(device, requests, "m", clock=clock, sleep=lambda s: clock.advance_to(clock.now + s))
+    assert all(r.success and r.output_tokens == r.output_len for r in records)
+    assert any(a.lane != b.lane and a.start < b.end and b.start < a.end for a in meter.jobs for b in meter.jobs)
+    assert meter.speeds() == pytest.approx({"1": 1.7})
