@@ -560,7 +560,7 @@ def test_the_job_meter_reads_how_much_slower_than_their_cost_model_the_lanes_ran
     cluster = SimCluster([spec], lambda device, specs: slower)
     device, clock = cluster.devices["cpu0"], cluster.clock
     device.executor = BlockingSimLanes(device.executor, clock)
-    meter = JobMeter(device, FittedCost(fitted, ["1", "1"]), clock=clock)
+    meter = JobMeter(device, FittedCost(fitted, ["1", "1"]))
 
     requests = [WorkloadRequest(i, r.model, r.arrival_time + 5.0 * (i % 3), r.input_len, r.output_len)
                 for i, r in enumerate(_requests())]

@@ -17,9 +17,9 @@ slowdown while that lane ran the same model's batch).
 from __future__ import annotations
 
 import bisect
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from coserve.simulator.lanes import slowdown_beside
 
 
 @dataclass
@@ -39,11 +39,8 @@ class MeteredJob:
                                                 if self.start < t < self.end)})
         total = 0.0
         for begin, finish in zip(cuts, cuts[1:]):
-            running = [o for o in others if o.start < finish and o.end > begin]
-            factor = 1.0
-            if running:
-                factor = self.split_slowdown if any(o.model == self.model for o in running) else self.slowdown
-            total += (finish - begin) / factor
+            running = [o.model for o in others if o.start < finish and o.end > begin]
+            total += (finish - begin) / slowdown_beside(self.model, running, self.slowdown, self.split_slowdown)
         return total
 
 
@@ -53,11 +50,11 @@ class JobMeter:
     beside other lanes) over the total the cost model predicted alone: above 1 when the machine
     ran slower than when profiled. `cost` is a `simulator.cost.FittedCost` of the unscaled profiles."""
 
-    def __init__(self, device, cost, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, device, cost):
         self.inner = device.executor
         self.num_lanes = self.inner.num_lanes
         self.cost = cost
-        self.clock = clock
+        self.clock = device.clock
         self.jobs: list[MeteredJob] = []
         self._running: dict[int, MeteredJob] = {}
         self._host_since: float | None = None  # the last report, unless the device ran dry since

@@ -54,6 +54,15 @@ def fair_speeds(demands: list[float]) -> list[float]:
     return speeds
 
 
+def slowdown_beside(model: str, others: list[str], slowdown: float, split_slowdown: float) -> float:
+    """A job's duration multiplier while the lanes around it run jobs of `others` (models): the
+    split slowdown if one of them is its own model (one model, one batch), else the slowdown
+    beside a busy lane if any runs, else 1."""
+    if not others:
+        return 1.0
+    return split_slowdown if model in others else slowdown
+
+
 @dataclass
 class _Job:
     model: str
@@ -106,8 +115,8 @@ class SimulatedLanes:
             shared = fair_speeds([job.demands[resource] if job.demands else 0.0 for job in jobs])
             speeds = [min(a, b) for a, b in zip(speeds, shared)]
         for job, speed in zip(jobs, speeds):
-            split = any(other.model == job.model for other in jobs if other is not job)  # one model, one batch
-            job.rerate(self.clock.now, (job.split_slowdown if split else job.slowdown) / speed)
+            others = [other.model for other in jobs if other is not job]
+            job.rerate(self.clock.now, slowdown_beside(job.model, others, job.slowdown, job.split_slowdown) / speed)
 
     def has_due_events(self) -> bool:
         now = self.clock.now
