@@ -11,7 +11,7 @@ popular) and ShareGPT length pairs scaled down to this CPU. Every policy gets th
   per token); the popular model gets a core to itself, the other two share the second core;
 - temporal: one lane on all cores, models served first come first served, pages shared;
 - mux: one lane per core, ADBS (prefill first, models past their SLO first, quotas adapted every
-  round), any model on any lane, a batch nobody else waits for spread over idle lanes.
+  round), any model on any lane, a batch nobody else waits for run on a wide lane over all cores.
 
 The SLO is MuxServe's: a request meets it when its end-to-end latency is within `--slo-scale`
 times the latency the same request has alone on the whole device (its prompt's prefill, measured
@@ -20,8 +20,10 @@ the same lane machinery). The `mux` policy steers by TTFT/TPOT targets read off 
 latencies; attainment of those is printed beside. For each policy the script measures throughput
 with all requests released at once (`--repeats` runs per policy, the policies taking turns; the
 median counts), then sweeps the request rate upwards until 99% SLO attainment
-is lost, to find the highest rate that keeps it. It prints the tables, writes JSON, and ends with
-one line of JSON.
+is lost, to find the highest rate that keeps it. Each throughput round also times every model's
+requests alone on one core (and SmolLM2's on both): half the one-core times' sum is the ceiling
+two cores can reach (`alone_times`), printed beside each policy's share of it. It prints the
+tables, writes JSON, and ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from coserve.engine.config import EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device, memory_bill
 from coserve.engine.device_engine import DeviceEngine, available_cores
 from coserve.execution.weights import load_model
-from coserve.metrics import SLO, LatencySLO, compute_metrics
+from coserve.metrics import SLO, LatencySLO, compute_metrics, run_duration
 from coserve.workload import LengthSpec, WorkloadSpec, generate_workload
 
 REAL = "smollm2-135m-instruct"
@@ -69,10 +71,10 @@ def device_budget(kv_bytes: int) -> int:
 
 
 def make_device(policy: str, kv_bytes: int, rates: dict[str, float], slos: dict[str, SLO] | None = None,
-                spread: bool = True) -> DeviceEngine:
+                spread: bool = True, cores: list[list[int]] | None = None, wide: bool = True) -> DeviceEngine:
     models = [ColocatedModel(c, rates[c.name], (slos or {}).get(c.name)) for c in engine_configs()]
-    device = DeviceConfig(policy=policy, memory_budget_bytes=device_budget(kv_bytes), lane_cores=lane_cores(policy),
-                          spread_batches=spread)
+    device = DeviceConfig(policy=policy, memory_budget_bytes=device_budget(kv_bytes),
+                          lane_cores=cores or lane_cores(policy), spread_batches=spread, wide_lane=wide)
     return build_device(models, device)
 
 
@@ -114,8 +116,9 @@ def step_targets(slo: LatencySLO, lengths: LengthSpec) -> SLO:
 
 def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, targets, rates) -> dict:
     """`slos`: what attainment is judged by; `targets`: the TTFT/TPOT the device steers by."""
-    base_policy = policy.removesuffix("-nospread")
-    device = make_device(base_policy, kv_bytes, rates, targets, spread=policy == base_policy)
+    base_policy, _, variant = policy.partition("-")
+    device = make_device(base_policy, kv_bytes, rates, targets, spread=variant != "nospread",
+                         wide=variant != "nowide")
     try:
         records = replay(device, generate_workload(workload), f"{policy}-{workload.request_rate}")
     finally:
@@ -131,6 +134,33 @@ def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, targets, r
                           for m, g in metrics.per_model.items()}}
 
 
+def alone_times(workload: WorkloadSpec, kv_bytes: int, rates: dict[str, float]) -> dict[str, float]:
+    """Seconds each model takes to serve its own requests of `workload` with the device to itself:
+    on one core (every model), and SmolLM2 also on both cores. One lane, the whole page pool, the
+    models one after another. No policy can run a model's work on a core faster than that model
+    alone on the core, so half the one-core times' sum is (up to batching effects) the shortest
+    time two cores can serve the whole workload in: the ceiling a multiplexing policy aims at."""
+    requests = generate_workload(workload)
+    times = {}
+    for label, cores, names in (("1 core", [available_cores()[:1]], MODELS), ("2 cores", None, ("smollm2",))):
+        device = make_device("temporal", kv_bytes, rates, cores=cores)
+        try:
+            for name in names:
+                mine = [r for r in requests if r.model == name]
+                times[f"{name}, {label}"] = run_duration(replay(device, mine, f"alone-{label}-{name}"))
+        finally:
+            device.close()
+    return times
+
+
+def ceiling(alone: list[dict[str, float]], output_tokens: int) -> dict:
+    """The work-conserving ceiling from `alone_times` runs (the median of each time counts)."""
+    median = {k: sorted(run[k] for run in alone)[len(alone) // 2] for k in alone[0]}
+    one_core = sum(v for k, v in median.items() if k.endswith(", 1 core"))
+    return {"alone_s": median, "two_core_scaling_smollm2": median["smollm2, 1 core"] / median["smollm2, 2 cores"],
+            "ideal_makespan_s": one_core / 2, "ideal_tok_s": output_tokens / (one_core / 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -143,7 +173,8 @@ def main() -> None:
     parser.add_argument("--max-input-len", type=int, default=256)
     parser.add_argument("--max-output-len", type=int, default=64)
     parser.add_argument("--policies", nargs="+", default=["spatial", "temporal", "mux"],
-                        help="also: mux-nospread (mux without spreading a batch over idle lanes)")
+                        help="also: mux-nospread (mux without spreading a batch over idle lanes), "
+                             "mux-nowide (spreading by splitting the batch, without the wide lane)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="results/multiplexing.json")
     args = parser.parse_args()
@@ -166,10 +197,13 @@ def main() -> None:
 
     # Throughput: the policies take turns, `--repeats` rounds, and each reports its median run, so a
     # slow spell of this shared VM does not land on one policy alone.
-    runs = {policy: [] for policy in args.policies}
+    runs, alone = {policy: [] for policy in args.policies}, []
     for _ in range(args.repeats):
         for policy in args.policies:
             runs[policy].append(measure(policy, workload(math.inf), args.kv_bytes, slos, targets, rates))
+        alone.append(alone_times(workload(math.inf), args.kv_bytes, rates))
+    output_tokens = sum(r.output_len for r in generate_workload(workload(math.inf)))
+    bound = ceiling(alone, output_tokens)
     results = {}
     for policy in args.policies:
         ranked = sorted(runs[policy], key=lambda run: run["tok_s"])
@@ -197,6 +231,15 @@ def main() -> None:
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 3) if b else None
 
+    print("\nalone (s, median of the rounds): " + ", ".join(f"{k} {v:.1f}" for k, v in bound["alone_s"].items()))
+    print(f"ceiling: the one-core times spread evenly over both cores finish in {bound['ideal_makespan_s']:.1f} s, "
+          f"{bound['ideal_tok_s']:.1f} tok/s; SmolLM2 alone runs {bound['two_core_scaling_smollm2']:.2f}x faster "
+          "on two cores than on one")
+    for policy, r in results.items():
+        print(f"{policy}: {r['saturated']['tok_s'] / bound['ideal_tok_s']:.2f} of the ceiling")
+    if "spatial" in results:
+        print(f"the ceiling over spatial: {ratio(bound['ideal_tok_s'], results['spatial']['saturated']['tok_s'])}x")
+
     lowest, mux_rate = min(args.rates), results.get("mux", {}).get("rate_at_99_slo")
     for policy, r in results.items():
         if not r["rate_at_99_slo"]:  # the ratio has no finite value; say what the sweep does show
@@ -216,7 +259,8 @@ def main() -> None:
     Path(args.output).write_text(json.dumps({"config": vars(args), "model_shares": rates,
                                              "solo_latency": {m: vars(s) for m, s in base.items()},
                                              "steer_targets_ms": {m: vars(t) for m, t in targets.items()},
-                                             "results": results, "headline": headline}, indent=1))
+                                             "results": results, "ceiling": bound, "alone_runs": alone,
+                                             "headline": headline}, indent=1))
     print(json.dumps(headline))
 
 

@@ -7,7 +7,8 @@ Two set-ups, each run for real (lanes are worker processes, real clock) and then
 (the same DeviceEngine code over simulated lanes whose durations come from the cost files that
 `coserve profile` fits to timed lane jobs of this machine; profiles are cached under costs/):
 - single: SmolLM2-135M alone, one lane on both cores;
-- mux: the three-model set-up of benchmarks/multiplexing.py under `mux` (two one-core lanes).
+- mux: the three-model set-up of benchmarks/multiplexing.py under `mux` (two one-core lanes, and
+  the wide lane over both cores for a batch nobody else waits for).
 Requests arrive (Poisson) at `--load` times the rate the simulated set-up sustains when saturated,
 so the same command loads a fast and a slow machine alike; `--rate` fixes the rate instead.
 Prints measured (the mean of `--repeats` real runs of the same requests) and simulated throughput
@@ -80,7 +81,7 @@ def run_setup(setup: str, args) -> dict:
     names = SETUPS[setup]
     policy = "temporal" if setup == "single" else "mux"
     lanes = [len(cores) for cores in lane_cores(policy)]
-    fitted = {n: merged(n, sorted(set(lanes)), args) for n in names}  # only models that run
+    fitted = {n: merged(n, sorted(set(priced(lanes))), args) for n in names}  # only models that run
     capacity = simulated_capacity(setup, lanes, fitted, args)
     rate = args.rate if args.load is None else args.load * capacity
     requests, rates = workload(setup, rate, args)
@@ -88,7 +89,7 @@ def run_setup(setup: str, args) -> dict:
     for _ in range(args.repeats):  # the same requests again on a fresh device: the noise floor
         before = probe(fitted, lanes) if args.calibrate else {}  # never during a run: it would take its cores
         device = make_device(policy, args.kv_bytes, rates)
-        meter = JobMeter(device, FittedCost(fitted, [str(size) for size in lanes]))
+        meter = JobMeter(device, FittedCost(fitted, [str(size) for size in priced(lanes)]))
         try:
             records = replay(device, requests, setup)
         finally:
@@ -126,10 +127,17 @@ def run_setup(setup: str, args) -> dict:
             "measured_runs": runs, "run_to_run_spread": spread, "per_model": by_model}
 
 
+def priced(lanes: list[int]) -> list[int]:
+    """Cores of every lane the cost model prices: the device's lanes, then (with more than one) the
+    wide lane over all of them, which the `mux` device runs a batch on when nobody else waits."""
+    return lanes + [sum(lanes)] if len(lanes) > 1 else lanes
+
+
 def probe(fitted: dict[str, FittedModel], lanes: list[int]) -> dict[str, float]:
     """Lane size -> the machine's speed now against the cost files (SmolLM2's probe stands for every model)."""
+    sizes = sorted(set(priced(lanes)))
     return {str(size): speed_probe(engine_config("smollm2"), available_cores()[:size],
-                                   fitted["smollm2"].samples[str(size)]["alone"]) for size in sorted(set(lanes))}
+                                   fitted["smollm2"].samples[str(size)]["alone"]) for size in sizes}
 
 
 def mean(figures: list[dict]) -> dict:
@@ -173,8 +181,8 @@ def simulate(setup: str, requests, rates: dict, lanes: list[int], fitted: dict[s
                            max_num_batched_tokens=512) for n in MODELS]
     total_cores = sum(len(cores) for cores in lane_cores("temporal"))
     spec = SimDeviceSpec("cpu", sim_models, device_budget(args.kv_bytes), policy,
-                         [size / total_cores for size in lanes], device="cpu")
-    cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in lanes]))
+                         [size / total_cores for size in lanes], device="cpu", wide_lane=True)
+    cluster = SimCluster([spec], lambda device, specs: FittedCost(fitted, [str(size) for size in priced(lanes)]))
     simulated_records = cluster.run(requests)
     return summary(simulated_records), simulated_records
 

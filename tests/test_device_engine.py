@@ -125,21 +125,56 @@ def test_multiplexer_orders_and_bad_configs():
             DeviceConfig(**fields)
 
 
-def test_one_models_batch_spreads_over_idle_lanes_and_still_matches(reference):
+@pytest.mark.parametrize("wide", [False, True])
+def test_one_models_batch_spreads_over_idle_lanes_and_still_matches(reference, wide):
+    """Split over both lanes, or (wide) whole on the worker over both lanes' cores, which keeps
+    both lanes from other models until it is back."""
     engines = _engines(["real"])
-    device = DeviceEngine(engines, "mux", 2)
+    launched = []
+    device = DeviceEngine(engines, "mux", 2, wide_lane=wide, on_launch=lambda model, lanes, out: launched.append(lanes))
     try:
         for i, prompt in enumerate(PROMPTS):
             engines["real"].add_request(prompt, PARAMS, request_id=f"real-{i}")
         done = {}
         device.dispatch()
-        assert len(device.in_flight) == 2 and device.in_flight[0] is device.in_flight[1]  # one batch, two lanes
+        assert launched == [[2] if wide else [0, 1]]
+        assert sorted(device.in_flight) == ([0, 1, 2] if wide else [0, 1])
+        assert len({id(flight) for flight in device.in_flight.values()}) == 1  # one batch
+        if wide:
+            assert device.executor.lanes[2].cores == sorted({*device.executor.lanes[0].cores,
+                                                             *device.executor.lanes[1].cores})
         while device.has_unfinished_requests():
             done.update({o.request_id: o for o in device.step() if o.finished})
+        assert not device.in_flight
     finally:
         device.close()
     assert {rid: o.outputs[0].token_ids for rid, o in done.items()} == {
         rid: tokens for rid, tokens in reference.items() if rid.startswith("real-")}
+
+
+def test_a_dead_wide_lane_fails_its_batch_frees_the_lanes_it_held_and_is_restarted(reference):
+    engines = _engines(["real"])
+    device = DeviceEngine(engines, "mux", 2)
+    try:
+        for i, prompt in enumerate(PROMPTS):
+            engines["real"].add_request(prompt, SamplingParams(max_tokens=40, ignore_eos=True), request_id=f"long-{i}")
+        device.dispatch()
+        wide = device.executor.wide_lane
+        assert sorted(device.in_flight) == [0, 1, wide]
+        os.kill(device.executor.lanes[wide].process.pid, signal.SIGKILL)
+        failed = {}
+        while device.has_unfinished_requests():
+            failed.update({o.request_id: o for o in device.step() if o.finished})
+        assert sorted(failed) == [f"long-{i}" for i in range(len(PROMPTS))]
+        assert all("died" in output.error for output in failed.values())
+        assert not device.in_flight and device.executor.lanes[wide].alive  # held lanes free, wide lane restarted
+        pool = engines["real"].kv.pool
+        assert pool.num_free_blocks == pool.num_blocks
+        again = _run(device, engines)
+        assert {rid: o.outputs[0].token_ids for rid, o in again.items()} == {
+            rid: tokens for rid, tokens in reference.items() if rid.startswith("real-")}
+    finally:
+        device.close()
 
 
 def test_split_batch_balances_tokens():

@@ -40,6 +40,7 @@ class ScriptedLanes:
         self.inner = inner
         self.clock = clock
         self.num_lanes = inner.num_lanes
+        self.wide_lane = inner.wide_lane
         self.ends: dict[int, float] = {}
 
     def submit(self, lane, model, engine, part):
@@ -59,9 +60,11 @@ class ScriptedLanes:
 
 
 def _requests() -> list[WorkloadRequest]:
-    """Six requests per model; half arrive at once, the rest while the device is busy."""
-    return [WorkloadRequest(i, name, 0.0 if i % 2 else 0.013 * i, *LENGTHS[(i + j) % len(LENGTHS)])
-            for j, (name, *_) in enumerate(MODELS) for i in range(j * 10, j * 10 + 6)]
+    """Six requests per model; half arrive at once, the rest while the device is busy; then, long
+    after, three for one model alone (a batch nobody else waits for: spread over the lanes)."""
+    mixed = [WorkloadRequest(i, name, 0.0 if i % 2 else 0.013 * i, *LENGTHS[(i + j) % len(LENGTHS)])
+             for j, (name, *_) in enumerate(MODELS) for i in range(j * 10, j * 10 + 6)]
+    return mixed + [WorkloadRequest(100 + i, "real", 60.0, *LENGTHS[i]) for i in range(3)]
 
 
 def _drive(device: DeviceEngine, engines, clock: VirtualClock) -> dict:
@@ -99,8 +102,8 @@ def _decisions(log: list) -> callable:
     return on_launch
 
 
-@pytest.mark.parametrize("policy,lanes", [("mux", 2), ("temporal", 1)])
-def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
+@pytest.mark.parametrize("policy,lanes,wide", [("mux", 2, False), ("mux", 2, True), ("temporal", 1, False)])
+def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes, wide):
     budget_pages = 12  # tight: quotas adapt and requests get preempted
     specs = {name: model_spec(model, name) for name, model, *_ in MODELS}
     configs = [EngineConfig(name=n, model=m, tokenizer=None, seed=1, max_num_seqs=4, max_num_batched_tokens=64)
@@ -116,7 +119,7 @@ def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
     engines = {c.name: LLMEngine(c, clock=clock, pool=pool) for c in configs}
     real_log: list = []
     real = DeviceEngine(engines, policy, slos=plan.slos, demand=plan.demand, clock=clock,
-                        executor=ScriptedLanes(ProcessLanes(engines, split_cores(lanes)), clock),
+                        executor=ScriptedLanes(ProcessLanes(engines, split_cores(lanes), wide), clock),
                         on_launch=_decisions(real_log))
     try:
         real_done = _drive(real, engines, clock)
@@ -127,7 +130,7 @@ def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
     sim_models = [SimModel(n, m, dtype="float32", rate=rate, slo=slo, max_num_seqs=4, max_num_batched_tokens=64)
                   for n, m, rate, slo in MODELS]
     spec = SimDeviceSpec("cpu0", sim_models, device_config.memory_budget_bytes, policy, [1.0] * lanes,
-                         device="cpu")
+                         device="cpu", wide_lane=wide)
     cluster = SimCluster([spec], lambda device, specs: scripted_seconds)
     sim_log: list = []
     cluster.devices["cpu0"].on_launch = _decisions(sim_log)
@@ -136,6 +139,8 @@ def test_simulated_device_decides_exactly_as_the_real_one(policy, lanes):
     assert sim_log == real_log, "\n".join(f"{a}\n{b}\n" for a, b in zip(real_log, sim_log))
     if policy == "mux":
         assert any(preempted for *_, preempted in real_log)  # the pool really was contended
+        spread = (2,) if wide else (0, 1)  # the late batch had the device to itself
+        assert any(lanes == spread for _, lanes, *_ in real_log)
     assert cluster.clock.now == pytest.approx(clock.now)
     for record in records:
         output = real_done[str(record.request_id)]

@@ -53,6 +53,7 @@ class JobMeter:
     def __init__(self, device, cost):
         self.inner = device.executor
         self.num_lanes = self.inner.num_lanes
+        self.wide_lane = getattr(self.inner, "wide_lane", None)
         self.cost = cost
         self.clock = device.clock
         self.jobs: list[MeteredJob] = []

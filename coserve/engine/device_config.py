@@ -31,7 +31,9 @@ class DeviceConfig:
     memory). `kv_quotas`: fraction of the pages each model may ever hold; under `spatial` the
     default is a fixed slice by expected demand, under `mux` and `temporal` no cap. `lane_cores`:
     the CPU cores of each lane (overrides num_lanes; default: the cores split evenly).
-    `spread_batches`: let one model's batch use several idle lanes nobody else is waiting for."""
+    `spread_batches`: let one model's batch use several idle lanes nobody else is waiting for.
+    `wide_lane`: under `mux` on CPU, a batch that would take every lane runs whole on one more worker
+    over all their cores instead of split (see DeviceEngine)."""
 
     policy: str = "mux"
     num_lanes: int = 2
@@ -40,6 +42,7 @@ class DeviceConfig:
     kv_quotas: dict[str, float] = field(default_factory=dict)
     lane_cores: list[list[int]] | None = None
     spread_batches: bool = True
+    wide_lane: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -128,7 +131,8 @@ def build_device(models: list[ColocatedModel], device: DeviceConfig) -> DeviceEn
         pool.set_quotas(plan.page_caps, fixed=True)
     engines = {m.config.name: LLMEngine(m.config, pool=pool) for m in models}
     return DeviceEngine(engines, device.policy, device.num_lanes, slos=plan.slos, demand=plan.demand,
-                        lane_cores=device.lane_cores, spread_batches=device.spread_batches)
+                        lane_cores=device.lane_cores, spread_batches=device.spread_batches,
+                        wide_lane=device.wide_lane)
 
 
 def _check_models(models: list[ColocatedModel], device: DeviceConfig) -> None:

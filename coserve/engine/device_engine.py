@@ -8,6 +8,11 @@ different lanes; one model never has two batches in flight, so its requests adva
 A batch no other model is waiting for may be spread over several idle lanes (its requests split
 into balanced parts, each part on its own lane, tokens applied when every part is back): lanes
 then never idle while one popular model has work, which a fixed per-model split cannot do.
+Where the executor has a wide lane (one worker over every lane's cores) a batch that would take
+every lane runs there whole instead, the way MuxServe gives a job alone all of a GPU's SMs: on a
+CPU, split parts each read all of the model's weights for a few rows, while one batch over all
+the cores reads them once (SmolLM2's 16-row decode step: 0.19 s split over two one-core lanes,
+0.12 s whole on two cores, by the shipped cost files).
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ class Flight:
 
     model: str
     out: SchedulerOutput
-    lanes: set[int]
+    lanes: set[int]  # lanes still running a part
+    holds: set[int] = field(default_factory=set)  # lanes it keeps from others until it is back
     sampled: dict[str, int] = field(default_factory=dict)
     error: Exception | None = None
 
@@ -83,12 +89,13 @@ class DeviceEngine:
     Under `mux` the page quotas adapt every round (see quota_adapter); other policies keep the
     quotas they were given. `lane_cores`: the cores of each lane (default: an even split).
     `executor`: the lanes (default: worker processes on those cores). `on_launch(model, lanes,
-    out)` sees every batch as it is launched (tests compare real and simulated decisions)."""
+    out)` sees every batch as it is launched (tests compare real and simulated decisions).
+    `wide_lane`: the default executor gets a wide lane (see above) under `mux` with spreading."""
 
     def __init__(self, engines: dict[str, EngineCore], policy: str = "mux", num_lanes: int = 2,
                  slos: dict[str, SLO] | None = None, demand: dict[str, float] | None = None,
                  clock=time.monotonic, lane_cores: list[list[int]] | None = None, spread_batches: bool = True,
-                 executor: LaneExecutor | None = None, on_launch: Callable | None = None):
+                 executor: LaneExecutor | None = None, on_launch: Callable | None = None, wide_lane: bool = True):
         self.engines = engines
         if executor is not None:
             num_lanes = executor.num_lanes
@@ -106,7 +113,8 @@ class DeviceEngine:
         if executor is None:
             from coserve.execution.process_lanes import ProcessLanes  # the simulator never loads it
 
-            executor = ProcessLanes(engines, lane_cores or split_cores(self.multiplexer.num_lanes))
+            wide = wide_lane and spread_batches and policy == "mux"
+            executor = ProcessLanes(engines, lane_cores or split_cores(self.multiplexer.num_lanes), wide)
         self.executor = executor
         self.in_flight: dict[int, Flight] = {}  # lane -> the flight it works on
         self._deferred_aborts: dict[str, list[str]] = {}
@@ -168,13 +176,21 @@ class DeviceEngine:
 
     def _launch(self, model: str, out: SchedulerOutput, lanes: list[int]) -> None:
         engine = self.engines[model]
-        parts = split_batch(out.scheduled, len(lanes))
-        lanes = lanes[:len(parts)]
-        flight = Flight(model, out, set(lanes))
+        wide = getattr(self.executor, "wide_lane", None)
+        if wide is not None and len(lanes) == self.executor.num_lanes > 1:
+            flight = Flight(model, out, {wide}, holds=set(lanes))
+            runs = [(wide, out.scheduled)]
+        else:
+            parts = split_batch(out.scheduled, len(lanes))
+            lanes = lanes[:len(parts)]
+            flight = Flight(model, out, set(lanes))
+            runs = list(zip(lanes, parts))
         if self.on_launch is not None:
-            self.on_launch(model, lanes, out)
-        for lane, part in zip(lanes, parts):
+            self.on_launch(model, [lane for lane, _ in runs], out)
+        for lane, part in runs:
             self.executor.submit(lane, model, engine, part)
+            self.in_flight[lane] = flight
+        for lane in flight.holds:
             self.in_flight[lane] = flight
 
     def loads(self) -> list[ModelLoad]:
@@ -205,6 +221,8 @@ class DeviceEngine:
                 flight.sampled.update(result)
             flight.lanes.discard(lane)
             if not flight.lanes:  # every part is back: the batch's pages are quiet again
+                for held in flight.holds:
+                    del self.in_flight[held]
                 engine = self.engines[flight.model]
                 if flight.error is not None:
                     outputs[flight.model] += engine.fail_step(flight.out, flight.error)

@@ -59,6 +59,7 @@ class DeviceSection(StrictConfig):
     kv_quotas: dict[str, float] = Field(default_factory=dict)
     lane_cores: list[list[int]] | None = None
     spread_batches: bool = True
+    wide_lane: bool = True
 
     @model_validator(mode="after")
     def _checked_by_device_config(self) -> DeviceSection:

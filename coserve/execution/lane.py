@@ -139,8 +139,11 @@ def available_cores() -> list[int]:
 
 
 class Lane:
+    """`ready=False` returns once the process is started; `wait_ready()` then waits for it, so a
+    device starts its lanes side by side instead of paying each one's start-up in turn."""
+
     def __init__(self, index: int, cores: list[int], models: dict[str, tuple[LlamaModel, PagedKVCache]],
-                 attention: str = "auto"):
+                 attention: str = "auto", ready: bool = True):
         usable = available_cores()
         if not cores or not all(is_count(core) and core in usable for core in cores):
             raise ConfigError(f"lane {index}: cores {cores!r} are not among this process's cores {usable}")
@@ -152,9 +155,18 @@ class Lane:
                                        name=f"coserve-lane-{index}")
         self.process.start()
         child.close()
-        if self._conn.recv() != "ready":
-            raise LaneError(f"lane {index} did not start")
         self.inputs: StepInputs | None = None  # the host-side inputs of the job in flight (to sample from)
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        try:
+            started = self._conn.recv() == "ready"
+        except (EOFError, OSError):
+            started = False
+        if not started:
+            self.close()
+            raise LaneError(f"lane {self.index} did not start")
 
     @property
     def connection(self) -> Connection:

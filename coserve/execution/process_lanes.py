@@ -19,17 +19,30 @@ LaneResult = dict[str, int] | LaneError  # sampled token per request id, or why 
 
 
 class ProcessLanes:
-    def __init__(self, engines: dict, lane_cores: list[list[int]]):
+    """One worker per lane of `lane_cores`; with `wide_lane` (and more than one lane) one more,
+    index `num_lanes`, over all their cores, for a batch the device runs on every lane at once (see
+    DeviceEngine._launch). It runs only while the others idle, so no core is ever asked twice."""
+
+    def __init__(self, engines: dict, lane_cores: list[list[int]], wide_lane: bool = False):
         for engine in engines.values():  # lanes read the same weights and pages, not copies
             engine.model.share_memory()
             engine.kv_cache.buffer.share_memory_()
         self._models = {name: (e.model, e.kv_cache) for name, e in engines.items()}
-        self.lanes = [Lane(i, cores, self._models) for i, cores in enumerate(lane_cores)]
+        self.num_lanes = len(lane_cores)
+        self.wide_lane = self.num_lanes if wide_lane and self.num_lanes > 1 else None
+        every = list(lane_cores)
+        if self.wide_lane is not None:
+            every.append(sorted({core for cores in lane_cores for core in cores}))
+        self.lanes: list[Lane] = []
+        try:
+            for index, cores in enumerate(every):
+                self.lanes.append(Lane(index, cores, self._models, ready=False))
+            for lane in self.lanes:
+                lane.wait_ready()
+        except BaseException:
+            self.close()
+            raise
         self._engines: dict[int, EngineCore] = {}  # lane -> the engine whose job it runs
-
-    @property
-    def num_lanes(self) -> int:
-        return len(self.lanes)
 
     def submit(self, lane: int, model: str, engine, part: list[ScheduledRequest]) -> None:
         inputs = engine.runner.prepare(SchedulerOutput(scheduled=part), engine.kv.block_tables)

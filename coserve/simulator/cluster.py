@@ -49,6 +49,7 @@ class SimDeviceSpec:
     lane_shares: list[float] = field(default_factory=lambda: [1.0])  # fraction of the device per lane
     spread_batches: bool = True
     device: str = "cuda"
+    wide_lane: bool = False  # a lane over the whole device for a batch spread over every lane (CPU)
 
 
 CostFactory = Callable[[SimDeviceSpec, dict[str, ModelSpec]], JobCost]
@@ -86,7 +87,8 @@ class SimCluster:
         engines = {c.config.name: SimEngine(c.config, specs[c.config.name], pool,
                                             plan.tokens_per_page(specs[c.config.name], c.config.dtype), self.clock)
                    for c in colocated}
-        executor = SimulatedLanes(len(spec.lane_shares), self.clock, cost_for(spec, specs))
+        executor = SimulatedLanes(len(spec.lane_shares), self.clock, cost_for(spec, specs),
+                                  spec.wide_lane and spec.spread_batches and spec.policy == "mux")
         self.executors[spec.name] = executor
         self.devices[spec.name] = DeviceEngine(engines, spec.policy, slos=plan.slos, demand=plan.demand,
                                                clock=self.clock, executor=executor,

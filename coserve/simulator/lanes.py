@@ -85,8 +85,12 @@ class _Job:
 
 
 class SimulatedLanes:
-    def __init__(self, num_lanes: int, clock: VirtualClock, cost: JobCost):
+    """`wide_lane`: one more lane, index `num_lanes`, over the whole device (as ProcessLanes has),
+    priced by the cost model as that lane."""
+
+    def __init__(self, num_lanes: int, clock: VirtualClock, cost: JobCost, wide_lane: bool = False):
         self.num_lanes = num_lanes
+        self.wide_lane = num_lanes if wide_lane and num_lanes > 1 else None
         self.clock = clock
         self.cost = cost
         self._interference = getattr(cost, "interference", None)  # optional: (model, part, lane) -> multipliers
