@@ -60,7 +60,8 @@ def split_batch(scheduled: list[ScheduledRequest], parts: int) -> list[list[Sche
 
 class LaneExecutor(Protocol):
     """Runs jobs on lanes: worker processes (execution/process_lanes.py) or a cost model on a
-    virtual clock (simulator/lanes.py). The device's decisions are the same over either."""
+    virtual clock (simulator/lanes.py). The device's decisions are the same over either. An
+    executor may also name a `wide_lane` (the index of a lane over all the others' cores, or None)."""
 
     num_lanes: int
 
