@@ -21,8 +21,8 @@ latencies; attainment of those is printed beside. For each policy the script mea
 with all requests released at once (`--repeats` runs per policy, the policies taking turns; the
 median counts), then sweeps the request rate upwards until 99% SLO attainment
 is lost, to find the highest rate that keeps it. Each throughput round also times every model's
-requests alone on one core (and SmolLM2's on both): half the one-core times' sum is the ceiling
-two cores can reach (`alone_times`), printed beside each policy's share of it. It prints the
+requests alone on one core (and SmolLM2's on both): half the one-core times' sum estimates the
+ceiling two cores can reach (`alone_times`), printed beside each policy's share of it. It prints the
 tables, writes JSON, and ends with one line of JSON.
 """
 
@@ -137,9 +137,10 @@ def measure(policy: str, workload: WorkloadSpec, kv_bytes: int, slos, targets, r
 def alone_times(workload: WorkloadSpec, kv_bytes: int, rates: dict[str, float]) -> dict[str, float]:
     """Seconds each model takes to serve its own requests of `workload` with the device to itself:
     on one core (every model), and SmolLM2 also on both cores. One lane, the whole page pool, the
-    models one after another. No policy can run a model's work on a core faster than that model
-    alone on the core, so half the one-core times' sum is (up to batching effects) the shortest
-    time two cores can serve the whole workload in: the ceiling a multiplexing policy aims at."""
+    models one after another. If no policy runs a model's work on a core faster than that model
+    alone on the core does, half the one-core times' sum is the shortest time two cores can serve
+    the whole workload in: an estimate of the ceiling a multiplexing policy aims at (not a bound:
+    batching and the machine's drift between runs can beat it)."""
     requests = generate_workload(workload)
     times = {}
     for label, cores, names in (("1 core", [available_cores()[:1]], MODELS), ("2 cores", None, ("smollm2",))):

@@ -45,6 +45,11 @@ def split_cores(num_lanes: int) -> list[list[int]]:
     return [cores[i * share:(i + 1) * share] for i in range(num_lanes)]
 
 
+def uses_wide_lane(policy: str, spread_batches: bool, wide_lane: bool) -> bool:
+    """Whether a device's executor should have a wide lane: only `mux` spreads a batch over every lane."""
+    return wide_lane and spread_batches and policy == "mux"
+
+
 def split_batch(scheduled: list[ScheduledRequest], parts: int) -> list[list[ScheduledRequest]]:
     """Requests into `parts` groups of near-equal token counts (largest first, to the lightest)."""
     if parts == 1:
@@ -114,8 +119,8 @@ class DeviceEngine:
         if executor is None:
             from coserve.execution.process_lanes import ProcessLanes  # the simulator never loads it
 
-            wide = wide_lane and spread_batches and policy == "mux"
-            executor = ProcessLanes(engines, lane_cores or split_cores(self.multiplexer.num_lanes), wide)
+            executor = ProcessLanes(engines, lane_cores or split_cores(self.multiplexer.num_lanes),
+                                    uses_wide_lane(policy, spread_batches, wide_lane))
         self.executor = executor
         self.in_flight: dict[int, Flight] = {}  # lane -> the flight it works on
         self._deferred_aborts: dict[str, list[str]] = {}

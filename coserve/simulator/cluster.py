@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from coserve.engine.block_pool import BlockPool
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, DevicePlan, plan_device
-from coserve.engine.device_engine import DeviceEngine
+from coserve.engine.device_engine import DeviceEngine, uses_wide_lane
 from coserve.errors import CoserveError
 from coserve.execution.models.spec import ModelSpec
 from coserve.metrics import SLO, RequestRecord
@@ -88,7 +88,7 @@ class SimCluster:
                                             plan.tokens_per_page(specs[c.config.name], c.config.dtype), self.clock)
                    for c in colocated}
         executor = SimulatedLanes(len(spec.lane_shares), self.clock, cost_for(spec, specs),
-                                  spec.wide_lane and spec.spread_batches and spec.policy == "mux")
+                                  uses_wide_lane(spec.policy, spec.spread_batches, spec.wide_lane))
         self.executors[spec.name] = executor
         self.devices[spec.name] = DeviceEngine(engines, spec.policy, slos=plan.slos, demand=plan.demand,
                                                clock=self.clock, executor=executor,
