@@ -22,8 +22,11 @@ with all requests released at once (`--repeats` runs per policy, the policies ta
 median counts), then sweeps the request rate upwards until 99% SLO attainment
 is lost, to find the highest rate that keeps it. Each throughput round also times every model's
 requests alone on one core (and SmolLM2's on both): half the one-core times' sum estimates the
-ceiling two cores can reach (`alone_times`), printed beside each policy's share of it. It prints the
-tables, writes JSON, and ends with one line of JSON.
+ceiling two cores can reach, and the two-phase schedule (the small models beside SmolLM2, then
+SmolLM2 on both cores) what `mux` aims at (`ceiling`), each printed beside every policy's share
+of it. It prints the tables, writes JSON, and ends with one line of JSON.
+
+    python benchmarks/multiplexing.py --summarize results/multiplexing.json   # reprint the estimates
 """
 
 from __future__ import annotations
@@ -155,11 +158,49 @@ def alone_times(workload: WorkloadSpec, kv_bytes: int, rates: dict[str, float]) 
 
 
 def ceiling(alone: list[dict[str, float]], output_tokens: int) -> dict:
-    """The work-conserving ceiling from `alone_times` runs (the median of each time counts)."""
+    """Two estimates from `alone_times` runs (the median of each time counts). `ideal`: every core
+    busy at one-core alone speed until the end (half the one-core sum). `two_phase`: the schedule
+    `mux` aims at when all requests come at once: the small models' work on one core while SmolLM2
+    runs on the other at its one-core speed, then SmolLM2's rest on both cores at its two-core
+    speed. A policy beats `two_phase` only where a model runs faster beside others than alone."""
     median = {k: sorted(run[k] for run in alone)[len(alone) // 2] for k in alone[0]}
     one_core = sum(v for k, v in median.items() if k.endswith(", 1 core"))
-    return {"alone_s": median, "two_core_scaling_smollm2": median["smollm2, 1 core"] / median["smollm2, 2 cores"],
-            "ideal_makespan_s": one_core / 2, "ideal_tok_s": output_tokens / (one_core / 2)}
+    popular_one, popular_two = median["smollm2, 1 core"], median["smollm2, 2 cores"]
+    others = one_core - popular_one
+    if others <= popular_one:
+        two_phase = others + (1 - others / popular_one) * popular_two
+    else:  # SmolLM2 ends first: the small models' rest runs on both cores, at best twice as fast
+        two_phase = popular_one + (others - popular_one) / 2
+    return {"alone_s": median, "two_core_scaling_smollm2": popular_one / popular_two,
+            "ideal_makespan_s": one_core / 2, "ideal_tok_s": output_tokens / (one_core / 2),
+            "two_phase_makespan_s": two_phase, "two_phase_tok_s": output_tokens / two_phase}
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def print_ceiling(bound: dict, results: dict) -> None:
+    print("\nalone (s, median of the rounds): " + ", ".join(f"{k} {v:.1f}" for k, v in bound["alone_s"].items()))
+    print(f"SmolLM2 alone runs {bound['two_core_scaling_smollm2']:.2f}x faster on two cores than on one")
+    estimates = (("ceiling (one-core times spread evenly over both cores)", "ideal"),
+                 ("two-phase schedule (small models beside SmolLM2, then SmolLM2 on both cores)", "two_phase"))
+    for label, key in estimates:
+        tok_s = bound[f"{key}_tok_s"]
+        over_spatial = ratio(tok_s, results["spatial"]["saturated"]["tok_s"]) if "spatial" in results else None
+        reached = ", ".join(f"{policy} {r['saturated']['tok_s'] / tok_s:.2f}" for policy, r in results.items())
+        print(f"{label}: {bound[f'{key}_makespan_s']:.1f} s, {tok_s:.1f} tok/s, {over_spatial}x spatial; "
+              f"share of it reached: {reached}")
+
+
+def summarize(path: str) -> None:
+    """Reprint the estimates of a saved run (its `alone_runs` and results), with today's formulas."""
+    saved = json.loads(Path(path).read_text())
+    output_tokens = saved.get("output_tokens")
+    if output_tokens is None:  # runs before it was saved: tokens per request x requests, of any run
+        run = next(iter(saved["results"].values()))["saturated"]
+        output_tokens = round(run["tok_s"] / run["req_s"] * saved["config"]["num_prompts"])
+    print_ceiling(ceiling(saved["alone_runs"], output_tokens), saved["results"])
 
 
 def main() -> None:
@@ -178,7 +219,10 @@ def main() -> None:
                              "mux-nowide (spreading by splitting the batch, without the wide lane)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="results/multiplexing.json")
+    parser.add_argument("--summarize", metavar="JSON", help="reprint the estimates of a saved run, run nothing")
     args = parser.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
 
     lengths = LengthSpec("sharegpt-lengths", max_input_len=args.max_input_len, max_output_len=args.max_output_len)
     names = tuple(MODELS)
@@ -229,23 +273,13 @@ def main() -> None:
         print(f"{policy:<10}{s['req_s']:>8.3f}{s['tok_s']:>8.1f}{s['ttft_p99_ms'] or 0:>13.0f}"
               f"{s['tpot_p99_ms'] or 0:>13.0f}{r['rate_at_99_slo']:>10.3g}")
 
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 3) if b else None
-
-    print("\nalone (s, median of the rounds): " + ", ".join(f"{k} {v:.1f}" for k, v in bound["alone_s"].items()))
-    print(f"ceiling: the one-core times spread evenly over both cores finish in {bound['ideal_makespan_s']:.1f} s, "
-          f"{bound['ideal_tok_s']:.1f} tok/s; SmolLM2 alone runs {bound['two_core_scaling_smollm2']:.2f}x faster "
-          "on two cores than on one")
-    for policy, r in results.items():
-        print(f"{policy}: {r['saturated']['tok_s'] / bound['ideal_tok_s']:.2f} of the ceiling")
-    if "spatial" in results:
-        print(f"the ceiling over spatial: {ratio(bound['ideal_tok_s'], results['spatial']['saturated']['tok_s'])}x")
+    print_ceiling(bound, results)
 
     lowest, mux_rate = min(args.rates), results.get("mux", {}).get("rate_at_99_slo")
     for policy, r in results.items():
         if not r["rate_at_99_slo"]:  # the ratio has no finite value; say what the sweep does show
-            bound = f"; mux holds it to {mux_rate:g} req/s, over {mux_rate / lowest:g}x that" if mux_rate else ""
-            print(f"{policy}: 99% attainment lost already at the lowest rate swept ({lowest:g} req/s){bound}")
+            beyond = f"; mux holds it to {mux_rate:g} req/s, over {mux_rate / lowest:g}x that" if mux_rate else ""
+            print(f"{policy}: 99% attainment lost already at the lowest rate swept ({lowest:g} req/s){beyond}")
 
     headline = {}
     if {"mux", "spatial", "temporal"} <= results.keys():
@@ -261,6 +295,7 @@ def main() -> None:
                                              "solo_latency": {m: vars(s) for m, s in base.items()},
                                              "steer_targets_ms": {m: vars(t) for m, t in targets.items()},
                                              "results": results, "ceiling": bound, "alone_runs": alone,
+                                             "output_tokens": output_tokens,
                                              "headline": headline}, indent=1))
     print(json.dumps(headline))
 
