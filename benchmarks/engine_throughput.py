@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from coserve import LLM, SamplingParams
+from coserve.bench.result import write_json
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOPICS = ["the ocean", "a lost key", "quantum computers", "a bakery in Paris", "mountain trails",
@@ -155,7 +156,7 @@ def main() -> None:
           f"read-only floor {b['read_floor_ms_per_token']:.1f} ms ({read_bw / 1e9:.1f} GB/s) -> "
           f"{b['read_bandwidth_fraction']:.0%}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1))
+    write_json(args.output, result)
     print(json.dumps({"coserve_tok_s": round(ours["tok_s"], 2),
                       "transformers_tok_s": None if theirs is None else round(theirs["tok_s"], 2),
                       "ratio": None if ratio is None else round(ratio, 3),

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from coserve import SamplingParams
 from coserve.bench.in_process import prompt_ids, replay
+from coserve.bench.result import write_json
 from coserve.engine.config import EngineConfig
 from coserve.engine.device_config import ColocatedModel, DeviceConfig, build_device, memory_bill
 from coserve.engine.device_engine import DeviceEngine, available_cores
@@ -290,13 +291,11 @@ def main() -> None:
             "mux_over_spatial_rate_at_99_slo": ratio(mux["rate_at_99_slo"], spatial["rate_at_99_slo"]),
             "mux_over_temporal_rate_at_99_slo": ratio(mux["rate_at_99_slo"], temporal["rate_at_99_slo"]),
         }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"config": vars(args), "model_shares": rates,
-                                             "solo_latency": {m: vars(s) for m, s in base.items()},
-                                             "steer_targets_ms": {m: vars(t) for m, t in targets.items()},
-                                             "results": results, "ceiling": bound, "alone_runs": alone,
-                                             "output_tokens": output_tokens,
-                                             "headline": headline}, indent=1))
+    write_json(args.output, {"config": vars(args), "model_shares": rates,
+                             "solo_latency": {m: vars(s) for m, s in base.items()},
+                             "steer_targets_ms": {m: vars(t) for m, t in targets.items()},
+                             "results": results, "ceiling": bound, "alone_runs": alone,
+                             "output_tokens": output_tokens, "headline": headline})
     print(json.dumps(headline))
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from multiplexing import MODELS, device_budget, lane_cores, make_device
 
 from coserve.bench.in_process import replay
+from coserve.bench.result import write_json
 from coserve.costmodel.job_meter import JobMeter
 from coserve.costmodel.profile import fit_profiles, profile_and_fit, regime_bounds, speed_probe
 from coserve.engine.config import EngineConfig
@@ -247,8 +248,7 @@ def main() -> None:
                       f"{sim['tpot_p50'] or 0:.1f} simulated; TTFT p50 {real.get('ttft_p50') or 0:.0f} measured, "
                       f"{sim['ttft_p50'] or 0:.0f} simulated ({sim['requests']} requests)")
     worst = max(e for r in results.values() for e in r["relative_error"].values())
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"config": vars(args), "results": results}, indent=1))
+    write_json(args.output, {"config": vars(args), "results": results})
     print(json.dumps({"max_relative_error": round(worst, 4)}))
 
 

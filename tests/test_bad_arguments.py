@@ -51,6 +51,16 @@ def test_a_budget_below_one_page_and_a_context_past_the_models_are_refused():
         LLM(TINY, max_model_len=10**6)
 
 
+def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused_at_start_up():
+    """SmolLM2's 49,152-token tokenizer on a 512-token random model would send text prompts' ids
+    past the embedding table, failing every batch they join; the 49k shape of it is accepted."""
+    with pytest.raises(ConfigError, match="49152 tokens but the model embeds only 512"):
+        LLM(TINY, tokenizer="smollm2-135m-instruct")
+    llm = LLM("random:llama-tiny-49k", tokenizer="smollm2-135m-instruct", num_kv_blocks=16)
+    text = llm.generate(["hello there"], SamplingParams(max_tokens=2, temperature=0))[0]
+    assert len(text.outputs[0].token_ids) == 2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_device_on_a_machine_without_one_is_a_config_error():
     with pytest.raises(ConfigError, match="not on this machine"):

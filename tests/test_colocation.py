@@ -86,6 +86,29 @@ def test_three_shapes_under_mux_generate_what_each_generates_alone(smollm2_llm):
         assert [o.outputs[0].token_ids for o in together[name]] == expected, name
 
 
+def test_spatial_slices_the_pages_a_partial_kv_quota_leaves_among_the_other_models():
+    """Spatial shares no page: with a quota for one model, the other two still get fixed slices,
+    of the pages left, in proportion to rate x KV bytes per token; a quota that leaves them no
+    page is refused."""
+    from coserve.engine.device_config import plan_device
+
+    cfgs = configs()
+    specs = {c.name: load_model(c.model, tokenizer=False, layer_range=(0, 1)).spec for c in cfgs}
+    rates = {"real": 1.0, "small": 3.0, "tiny": 1.0}
+    models = [ColocatedModel(c, rates[c.name]) for c in cfgs]
+    plan = plan_device(models, DeviceConfig(policy="spatial", memory_budget_bytes=2 << 30, kv_quotas={"real": 0.5}),
+                       specs)
+    pages, caps = plan.layout.num_pages, plan.page_caps
+    assert caps["real"] == int(0.5 * pages)
+    left = pages - caps["real"]
+    demand = {m: rates[m] * specs[m].kv_bytes_per_token(parse_dtype("float32")) for m in ("small", "tiny")}
+    assert caps["small"] + caps["tiny"] == left
+    assert abs(caps["small"] - left * demand["small"] / sum(demand.values())) <= 1
+    with pytest.raises(ConfigError, match="leave 0 of"):
+        plan_device(models, DeviceConfig(policy="spatial", memory_budget_bytes=2 << 30, kv_quotas={"real": 1.0}),
+                    specs)
+
+
 def test_llm_names_the_model_when_several_are_loaded():
     cfgs = configs()[1:]
     with LLM(models=cfgs, device=DeviceConfig(policy="temporal", num_lanes=1, memory_budget_bytes=1 << 30)) as llm:

@@ -120,7 +120,8 @@ def test_multiplexer_orders_and_bad_configs():
     from coserve.engine.device_config import DeviceConfig
 
     for fields in [{"num_lanes": True}, {"memory_budget_bytes": "1GB"}, {"memory_budget_bytes": float("nan")},
-                   {"kv_quotas": {"a": float("nan")}}, {"kv_quotas": {"a": "half"}}]:
+                   {"kv_quotas": {"a": float("nan")}}, {"kv_quotas": {"a": "half"}},
+                   {"lane_cores": [[0], [1]], "policy": "temporal"}]:  # temporal's one lane: core 1 would idle
         with pytest.raises(ConfigError, match=next(iter(fields))):
             DeviceConfig(**fields)
 

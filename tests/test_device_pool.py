@@ -69,3 +69,25 @@ def test_quotas_cap_a_model_and_are_checked():
         pool.set_quotas({"a": pool.layout.num_pages, "b": 1})
     with pytest.raises(ConfigError, match="no page"):
         PageLayout.for_models([(spec, torch.float32)], 10)
+
+
+def test_each_model_on_a_shared_pool_reports_its_own_kv_usage():
+    """vLLM's `kv_cache_usage_perc` per model_name: on a device's shared pool, the pages the model
+    holds, not the whole pool's use repeated under every model's label."""
+    from coserve.entrypoints.openai.prometheus import EngineMetrics
+
+    configs = [MODELS["tiny"], MODELS["small"]]
+    pool = DeviceKVPool(PageLayout.for_configs(configs, 8 << 20))
+    engines = {c.name: LLMEngine(c, pool=pool) for c in configs}
+    engines["tiny"].add_request(PROMPTS[0] * 8, SamplingParams(temperature=0, max_tokens=4))
+    engines["tiny"].step()
+    used = pool.blocks.num_used_blocks
+    assert used > 0
+    metrics = EngineMetrics()
+    metrics.refresh_gauges(engines)
+
+    def usage(name):
+        return metrics.registry.get_sample_value("vllm:kv_cache_usage_perc", {"model_name": name})
+
+    assert usage("tiny") == pytest.approx(used / pool.blocks.num_blocks)
+    assert usage("small") == 0

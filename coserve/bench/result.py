@@ -29,7 +29,7 @@ class BenchmarkResult:
         shares = dict(zip(workload.models, workload.weights().tolist()))
         # A replayed trace sets its own rate; the shares then only pick each request's model.
         rates = None if workload.lengths.is_replay else {m: workload.total_rate * s for m, s in shares.items()}
-        return _strict_json({
+        return strict_json({
             "started_at": self.started_at,
             "config": config,
             "model_shares": shares,
@@ -40,10 +40,7 @@ class BenchmarkResult:
         })
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        return path
+        return write_json(path, self.to_dict())
 
 
 def _slos_dict(slos: SLOSet) -> dict[str, Any] | None:
@@ -57,12 +54,20 @@ def _record_dict(record: RequestRecord) -> dict[str, Any]:
     return {**asdict(record), **derived}
 
 
-def _strict_json(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """Infinite rates become the string 'inf' (and NaN None): plain JSON has no such numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
+        return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_strict_json(item) for item in value]
+        return [strict_json(item) for item in value]
     return value
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """`value` as strict JSON (see strict_json) at `path`, its folder made if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(strict_json(value), indent=1, allow_nan=False))
+    return path

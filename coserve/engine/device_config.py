@@ -51,6 +51,11 @@ class DeviceConfig:
             raise ConfigError(f"num_lanes must be a positive integer, got {self.num_lanes!r}")
         if self.lane_cores is not None and (not self.lane_cores or not all(self.lane_cores)):
             raise ConfigError(f"lane_cores needs at least one lane, each with at least one core; got {self.lane_cores}")
+        if self.policy == "temporal" and self.lane_cores is not None and len(self.lane_cores) > 1:
+            # the policy serves every model in turn on one lane: further lanes would hold cores idle
+            merged = sorted({core for lane in self.lane_cores for core in lane})
+            raise ConfigError(f"lane_cores: the temporal policy runs one lane; give it one list of cores "
+                              f"(e.g. [{merged}]), got {self.lane_cores}")
         budget = self.memory_budget_bytes
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
             raise ConfigError(f"memory_budget_bytes must be a positive integer, got {budget!r}")
@@ -173,13 +178,17 @@ def _layout(dtypes: list[tuple[ModelSpec, torch.dtype]], bill: MemoryBill, num_m
 
 
 def _page_caps(device: DeviceConfig, demand: dict[str, float], num_pages: int) -> dict[str, int]:
-    """Fixed per-model page caps: the configured fractions, or under `spatial` a slice by demand."""
-    if device.kv_quotas:
-        caps = {m: int(q * num_pages) for m, q in device.kv_quotas.items()}
-        empty = sorted(m for m, pages in caps.items() if pages < 1)
-        if empty:
-            raise ConfigError(f"kv_quotas of {empty} round to zero of the pool's {num_pages} pages")
+    """Fixed per-model page caps: the configured fractions; under `spatial`, the models without one
+    also get a fixed slice, of the pages the fractions leave, by demand (spatial shares nothing)."""
+    caps = {m: int(q * num_pages) for m, q in device.kv_quotas.items()}
+    empty = sorted(m for m, pages in caps.items() if pages < 1)
+    if empty:
+        raise ConfigError(f"kv_quotas of {empty} round to zero of the pool's {num_pages} pages")
+    unnamed = {m: d for m, d in demand.items() if m not in caps}
+    if device.policy != "spatial" or not unnamed:
         return caps
-    if device.policy == "spatial":  # every model gets a page at least (_layout checked there are enough)
-        return initial_quotas(demand, num_pages)
-    return {}
+    left = num_pages - sum(caps.values())
+    if left < len(unnamed):  # with no fractions given, _layout checked there is a page per model
+        raise ConfigError(f"kv_quotas leave {left} of {num_pages} pages for the {len(unnamed)} models without a "
+                          f"quota ({sorted(unnamed)}); spatial gives each a fixed slice of at least one page")
+    return {**caps, **initial_quotas(unnamed, left)}

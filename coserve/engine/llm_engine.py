@@ -83,6 +83,10 @@ class LLMEngine(EngineCore):
             # only layer 0 is read: the cheapest way to reach another model's tokenizer
             donor = load_model(config.tokenizer, layer_range=(0, 1))
             tokenizer, chat_template = donor.tokenizer, donor.chat_template
+        if tokenizer is not None and len(tokenizer) > self.spec.vocab_size:
+            raise ConfigError(f"model {config.name!r}: its tokenizer ({config.tokenizer or config.model}) has "
+                              f"{len(tokenizer)} tokens but the model embeds only {self.spec.vocab_size}, so text "
+                              "prompts would hold ids it cannot read; pair it with a tokenizer of its vocabulary")
         self.max_model_len = max_model_len_of(config, self.spec)
         self.model = self._build_model(loaded.state_dict)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())

@@ -37,10 +37,12 @@ class EngineMetrics:
 
     def refresh_gauges(self, engines: dict[str, LLMEngine]) -> None:
         """Read the engines' current state at scrape time (an abort changes it without a step)."""
+        pools = [id(engine.kv.pool) for engine in engines.values()]
         for name, engine in engines.items():
             self.running.labels(name).set(engine.scheduler.num_running)
             self.waiting.labels(name).set(engine.scheduler.num_waiting)
-            self.kv_usage.labels(name).set(engine.kv.pool.usage())
+            pool = engine.kv.pool  # a device's pool is shared: each model reports the pages it holds
+            self.kv_usage.labels(name).set(pool.usage(engine.kv.owner) if pools.count(id(pool)) > 1 else pool.usage())
 
     def on_step(self, name: str, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
         """Called on the engine thread after every step."""
