@@ -52,9 +52,9 @@ def test_a_budget_below_one_page_and_a_context_past_the_models_are_refused():
 
 
 def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused_at_start_up():
-    """SmolLM2's 49,152-token tokenizer on a 512-token random model would send text prompts' ids
+    """SmolLM2's 49,152-token tokenizer on a 256-token random model would send text prompts' ids
     past the embedding table, failing every batch they join; the 49k shape of it is accepted."""
-    with pytest.raises(ConfigError, match="49152 tokens but the model embeds only 512"):
+    with pytest.raises(ConfigError, match="49152 tokens but the model embeds only 256"):
         LLM(TINY, tokenizer="smollm2-135m-instruct")
     llm = LLM("random:llama-tiny-49k", tokenizer="smollm2-135m-instruct", num_kv_blocks=16)
     text = llm.generate(["hello there"], SamplingParams(max_tokens=2, temperature=0))[0]
