@@ -155,7 +155,6 @@ def main() -> None:
           f"({weight_bytes / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s copy) -> {b['bandwidth_fraction']:.0%}; "
           f"read-only floor {b['read_floor_ms_per_token']:.1f} ms ({read_bw / 1e9:.1f} GB/s) -> "
           f"{b['read_bandwidth_fraction']:.0%}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, result)
     print(json.dumps({"coserve_tok_s": round(ours["tok_s"], 2),
                       "transformers_tok_s": None if theirs is None else round(theirs["tok_s"], 2),
