@@ -1,12 +1,16 @@
 """A load burst on two replicas of the real SmolLM2, one core each: recompute, swap, migrate, drop, auto.
 
 The arrivals are a window of the Azure LLM inference 2023 code trace (KunServe's "AzureCode" offset),
-time-compressed so the burst overflows the replicas' KV; prompt and output lengths are the trace's,
-scaled down to this CPU. Each replica's budget is its weights plus KV room for a modest batch. Swap,
-migration and the drop's exchange and restore cross links whose bandwidth is scaled with the memory:
+or with --trace azure-conv of the conversation trace (the window burst_cluster.py uses), time-compressed
+so the burst overflows the replicas' KV; prompt and output lengths are the trace's, scaled down to this
+CPU. The code trace's short answers make its burst a queue for prefill compute on this CPU; the
+conversation trace's longer answers hold their KV for many decode steps, the memory-bound case.
+Each replica's budget is its weights plus KV room for a modest batch. Swap, migration and the drop's
+exchange and restore cross links whose bandwidth is scaled with the memory:
 moving a whole KV pool takes as long as moving an A100's 40 GB of KV over PCIe 4.0 (25 GB/s, 1.6 s).
 
-Usage: python benchmarks/burst_cpu.py [--requests 64] [--seconds 6] [--out results/burst_cpu.json]
+Usage: python benchmarks/burst_cpu.py [--trace azure-code] [--requests 64] [--seconds 6]
+       [--strategies recompute drop ...] [--out results/burst_cpu.json]
 Prints a table and ends with one line of JSON (the headline ratios).
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +33,39 @@ from coserve.workload.traces import load_trace
 
 WEIGHT_BYTES = 538_164_480  # SmolLM2-135M in float32 (the engine logs it at load)
 PAGE_BYTES = 30 * 2 * 16 * 192 * 4  # one 16-token page over all 30 layers
-TRACE_OFFSET = 5100  # KunServe's AzureCode window
 A100_KV_SECONDS = 40e9 / 25e9
 
 
-def workload(count: int, seconds: float, seed: int = 0) -> list[tuple[float, list[int], int]]:
-    trace = load_trace("azure-code")
-    rows = slice(TRACE_OFFSET, TRACE_OFFSET + count)
-    times = trace.timestamps[rows] - trace.timestamps[TRACE_OFFSET]
+@dataclass(frozen=True)
+class TraceWindow:
+    """Where a burst starts in a trace, and how its lengths shrink to this CPU."""
+
+    first_row: int
+    prompt_divisor: int
+    output_divisor: int
+    max_output: int
+
+
+WINDOWS = {
+    "azure-code": TraceWindow(5100, 16, 1, 32),  # KunServe's AzureCode offset
+    # The first request at 1560 s, where burst_cluster.py's conversation window starts. Answers are
+    # halved rather than clipped to 32 so that they keep the trace's decode-heavy shape.
+    "azure-conv": TraceWindow(8267, 16, 2, 160),
+}
+
+
+def workload(count: int, seconds: float, trace_name: str = "azure-code",
+             seed: int = 0) -> list[tuple[float, list[int], int]]:
+    window, trace = WINDOWS[trace_name], load_trace(trace_name)
+    rows = slice(window.first_row, window.first_row + count)
+    times = trace.timestamps[rows] - trace.timestamps[window.first_row]
     times = times * (seconds / max(times[-1], 1e-9))
     rng = np.random.default_rng(seed)
     requests = []
     for t, prompt_len, output_len in zip(times, trace.input_lens[rows], trace.output_lens[rows]):
-        prompt_len = int(np.clip(prompt_len // 16, 16, 320))
-        requests.append((float(t), rng.integers(100, 40000, prompt_len).tolist(), int(np.clip(output_len, 4, 32))))
+        prompt_len = int(np.clip(prompt_len // window.prompt_divisor, 16, 320))
+        output_len = int(np.clip(output_len // window.output_divisor, 4, window.max_output))
+        requests.append((float(t), rng.integers(100, 40000, prompt_len).tolist(), output_len))
     return requests
 
 
@@ -114,22 +138,27 @@ def sample(cluster: ElasticCluster, t: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", choices=sorted(WINDOWS), default="azure-code")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0, help="the window's arrivals compressed into this")
     parser.add_argument("--kv-pages", type=int, default=24, help="KV pages per replica serving alone")
     parser.add_argument("--out", default="results/burst_cpu.json")
     parser.add_argument("--plot", default="docs/img/burst_cpu.png", help="the timeline PNG")
     parser.add_argument("--plot-from", default=None, help="only draw the timeline of a saved run's JSON")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                        help="a subset to run (recompute and drop are needed for the headline)")
     parser.add_argument("--share-pages", choices=("on", "off"), default="on",
                         help="ElasticConfig.share_pages for the grouped strategies (the ablation)")
     args = parser.parse_args()
     if args.plot_from:
         plot(json.loads(Path(args.plot_from).read_text())["results"], args.plot)
         return
-    burst = workload(args.requests, args.seconds)
-    calm = workload(args.requests // 4, args.seconds * 4)  # the same trace window, spread out: no overflow
+    if not {"recompute", "drop"} <= set(args.strategies):
+        parser.error("--strategies must include recompute and drop")
+    burst = workload(args.requests, args.seconds, args.trace)
+    calm = workload(args.requests // 4, args.seconds * 4, args.trace)  # the window spread out: no overflow
     share = args.share_pages == "on"
-    results = {s: run(s, burst, args.kv_pages, share) for s in STRATEGIES}
+    results = {s: run(s, burst, args.kv_pages, share) for s in STRATEGIES if s in args.strategies}
     no_burst = run("drop", calm, args.kv_pages, share)
     print(f"{'strategy':<10} {'p50 TTFT':>9} {'p99 TTFT':>9} {'p50 TPOT':>9} {'p99 TPOT':>9} {'req/s':>6} "
           f"{'queued':>7} {'errors':>6} events")
@@ -140,9 +169,10 @@ def main() -> None:
               f"{r['p99_tpot_s']:9.4f} {r['throughput_req_s']:6.2f} {r['mean_queued_s']:7.3f} {r['errors']:6d} "
               f"{events}")
     drop = results["drop"]["p99_ttft_s"]
-    ratios = {s: results[s]["p99_ttft_s"] / drop for s in ("recompute", "swap", "migrate")}
-    print("p99 TTFT over drop's: " + ", ".join(f"{s} {v:.2f}x" for s, v in ratios.items())
-          + f"; auto's (coserve's per-request choice) {results['auto']['p99_ttft_s'] / drop:.2f}x")
+    ratios = {s: results[s]["p99_ttft_s"] / drop for s in ("recompute", "swap", "migrate") if s in results}
+    auto = (f"; auto's (coserve's per-request choice) {results['auto']['p99_ttft_s'] / drop:.2f}x"
+            if "auto" in results else "")
+    print("p99 TTFT over drop's: " + ", ".join(f"{s} {v:.2f}x" for s, v in ratios.items()) + auto)
     headline = {"recompute_over_drop_p99_ttft": round(ratios["recompute"], 3),
                 "best_baseline_over_drop_p99_ttft": round(min(ratios.values()), 3),
                 "drop_p99_tpot_over_no_burst": round(results["drop"]["p99_tpot_s"] / no_burst["p99_tpot_s"], 3)}
