@@ -10,7 +10,7 @@ exchange and restore cross links whose bandwidth is scaled with the memory:
 moving a whole KV pool takes as long as moving an A100's 40 GB of KV over PCIe 4.0 (25 GB/s, 1.6 s).
 
 Usage: python benchmarks/burst_cpu.py [--trace azure-code] [--requests 64] [--seconds 6]
-       [--strategies recompute drop ...] [--out results/burst_cpu.json]
+       [--strategies recompute drop ...] [--describe] [--out results/burst_cpu.json]
 Prints a table and ends with one line of JSON (the headline ratios).
 """
 
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--plot-from", default=None, help="only draw the timeline of a saved run's JSON")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
                         help="a subset to run (recompute and drop are needed for the headline)")
+    parser.add_argument("--describe", action="store_true", help="only print the burst's lengths and KV need")
     parser.add_argument("--share-pages", choices=("on", "off"), default="on",
                         help="ElasticConfig.share_pages for the grouped strategies (the ablation)")
     args = parser.parse_args()
@@ -156,6 +157,9 @@ def main() -> None:
     if not {"recompute", "drop"} <= set(args.strategies):
         parser.error("--strategies must include recompute and drop")
     burst = workload(args.requests, args.seconds, args.trace)
+    if args.describe:
+        describe(burst, args.seconds)
+        return
     calm = workload(args.requests // 4, args.seconds * 4, args.trace)  # the window spread out: no overflow
     share = args.share_pages == "on"
     results = {s: run(s, burst, args.kv_pages, share) for s in STRATEGIES if s in args.strategies}
@@ -182,6 +186,16 @@ def main() -> None:
                                "headline": headline}, indent=1))
     plot(results, args.plot)
     print(json.dumps(headline))
+
+
+def describe(requests, seconds: float) -> None:
+    prompts = np.array([len(prompt) for _, prompt, _ in requests])
+    outputs = np.array([max_tokens for _, _, max_tokens in requests])
+    pages = -(-(prompts + outputs) // 16)  # what each request holds at its last token
+    print(f"{len(requests)} requests in {seconds:g} s: {prompts.sum()} prompt tokens (mean {prompts.mean():.1f}), "
+          f"answers mean {outputs.mean():.1f} (p50 {np.percentile(outputs, 50):g}, "
+          f"p90 {np.percentile(outputs, 90):g}), "
+          f"pages at the last token mean {pages.mean():.2f}")
 
 
 def plot(results: dict, path: str) -> None:
